@@ -1,0 +1,100 @@
+"""Whisper-tiny encoder features as LatentSync uses them (reference §3.1).
+
+`encode(samples)` → (T50, 5, 384): for every 20 ms step, the conv-stem output (+ positional embedding) and each of
+the 4 encoder blocks' outputs, all *before* the final LayerNorm. As in LatentSync the log-mel is normalised over
+the whole chunk it is computed on, cut into 3000-frame (30 s) segments, each zero-padded to 3000 frames
+(the encoder's fixed window) and trimmed back to its real length after encoding.
+
+The encoder is transformers' `WhisperEncoder` (random seeded weights, or OpenAI's tiny.pt when given); its
+forward is not used because it returns only the final, layer-normed output — the stack is collected by walking
+its modules in the same order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import WhisperConfig
+from transformers.audio_utils import mel_filter_bank
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+SAMPLE_RATE = 16_000
+N_FFT = 400
+HOP = 160                 # 100 mel frames per second
+SAMPLES_PER_STEP = 2 * HOP  # one encoder step (conv stride 2) = 20 ms = 320 samples
+N_MELS = 80
+WINDOW_FRAMES = 3000      # whisper's fixed 30 s window, in mel frames
+
+TINY = dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536, num_mel_bins=80,
+            max_source_positions=1500)
+
+
+class LogMel(torch.nn.Module):
+    """Whisper's log-mel front end: |STFT|² (Hann 400, hop 160, last frame dropped) → 80 Slaney mels → log10,
+    clamp to max−8, (x+4)/4, with the max over the given chunk."""
+
+    def __init__(self):
+        super().__init__()
+        fb = mel_filter_bank(num_frequency_bins=1 + N_FFT // 2, num_mel_filters=N_MELS, min_frequency=0.0,
+                             max_frequency=SAMPLE_RATE / 2, sampling_rate=SAMPLE_RATE, norm="slaney",
+                             mel_scale="slaney")
+        self.register_buffer("filters", torch.from_numpy(fb.T.astype(np.float32)), persistent=False)
+        self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        stft = torch.stft(audio.float(), N_FFT, HOP, window=self.window, return_complex=True)
+        power = stft[..., :-1].abs() ** 2
+        logmel = torch.clamp(self.filters @ power, min=1e-10).log10()
+        logmel = torch.maximum(logmel, logmel.max() - 8.0)
+        return (logmel + 4.0) / 4.0
+
+
+class WhisperFeatures(torch.nn.Module):
+    """samples (16 kHz mono) → (T50, 5, 384) with T50 = len(samples) // 320."""
+
+    layers_out = 5
+    dim = 384
+
+    def __init__(self, encoder: WhisperEncoder):
+        super().__init__()
+        self.encoder = encoder.eval()
+        self.mel = LogMel()
+
+    @classmethod
+    def build(cls, checkpoint: str | None = None, seed: int = 0) -> "WhisperFeatures":
+        if checkpoint:
+            from lipsync_lab.audio.checkpoints import load_whisper_encoder
+
+            return cls(load_whisper_encoder(checkpoint))
+        torch.manual_seed(seed)
+        return cls(WhisperEncoder(WhisperConfig(**TINY)))
+
+    def stack(self, mel: torch.Tensor) -> torch.Tensor:
+        """mel (B, 80, 3000) → (B, 1500, 5, 384): stem output and each block's output, before the final LN."""
+        enc = self.encoder
+        x = F.gelu(enc.conv1(mel))
+        x = F.gelu(enc.conv2(x)).transpose(1, 2)
+        x = x + enc.embed_positions.weight[: x.shape[1]]
+        outs = [x]
+        for layer in enc.layers:
+            x = layer(x, None)
+            x = x[0] if isinstance(x, tuple) else x
+            outs.append(x)
+        return torch.stack(outs, dim=2)
+
+    @torch.no_grad()
+    def forward(self, samples: np.ndarray | torch.Tensor) -> torch.Tensor:
+        param = next(self.encoder.parameters())
+        audio = torch.as_tensor(np.asarray(samples, np.float32)).to(param.device)
+        n_steps = audio.shape[-1] // SAMPLES_PER_STEP
+        mel = self.mel(audio)  # (80, n_mel), n_mel = len // 160
+        n_mel = mel.shape[-1]
+        segments, lengths = [], []
+        for seek in range(0, n_mel, WINDOW_FRAMES):
+            seg = mel[:, seek:seek + WINDOW_FRAMES]
+            lengths.append(seg.shape[-1] // 2)
+            segments.append(F.pad(seg, (0, WINDOW_FRAMES - seg.shape[-1])))
+        feats = self.stack(torch.stack(segments).to(param.dtype))
+        out = torch.cat([f[:n] for f, n in zip(feats, lengths)])
+        return out[:n_steps]

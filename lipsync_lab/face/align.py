@@ -1,0 +1,78 @@
+"""Similarity alignment of a face to LatentSync's template (reference §2.2) and the aligned crop.
+
+Upstream warps to a 210×280 crop and then resizes it to 256² (two resamplings, and two more on the way back).
+Here the resize is folded into the affine matrix, so one warp makes the res×res crop and one inverse warp pastes
+it back; the geometry is identical (same template, same anchors), with fewer resamplings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# anchors (left brow, right brow, nose) in the 256-px template, and the crop they sit in (reference §2.2)
+_TEMPLATE_256 = np.array([[17.0, 20.0], [58.0, 20.0], [37.5, 40.0]]) * 2.8
+_CROP_W_256, _CROP_H_256 = int(75 * 2.8), int(100 * 2.8)  # 210 × 280
+GREY = 127
+
+
+def anchors(landmarks68: np.ndarray) -> np.ndarray:
+    """Three anchors: mean of each brow (points 17–21, 22–26) and of the nose (27–35)."""
+    return np.stack([landmarks68[17:22].mean(0), landmarks68[22:27].mean(0), landmarks68[27:36].mean(0)])
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """2×3 similarity mapping src points onto dst, LatentSync's `transformation_from_points`.
+
+    Written out because its scale is the ratio of the point sets' global standard deviations (orthogonal
+    Procrustes on normalised points), which is not the least-squares (Umeyama) scale that library estimators use.
+    """
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    c1, c2 = src.mean(0), dst.mean(0)
+    p1, p2 = src - c1, dst - c2
+    s1, s2 = p1.std(), p2.std()
+    u, _, vt = np.linalg.svd((p1 / s1).T @ (p2 / s2))
+    r = (u @ vt).T
+    if np.linalg.det(r) < 0:  # no reflections (the fork lacks this check; upstream HEAD added it)
+        u[:, -1] *= -1
+        r = (u @ vt).T
+    sr = (s2 / s1) * r
+    return np.hstack([sr, (c2 - sr @ c1)[:, None]])
+
+
+@dataclass
+class Alignment:
+    face: np.ndarray          # (res, res, 3) uint8 RGB aligned crop
+    matrix: np.ndarray        # 2×3, frame pixel → crop pixel
+    landmarks: np.ndarray     # (68, 2) in frame pixels
+
+
+def alignment_matrix(landmarks68: np.ndarray, resolution: int = 256) -> np.ndarray:
+    """Frame → res×res crop: the template similarity followed by the 210×280 → res² resize."""
+    m = similarity_transform(anchors(landmarks68), _TEMPLATE_256 * (resolution / 256))
+    sx = resolution / (_CROP_W_256 * resolution / 256)
+    sy = resolution / (_CROP_H_256 * resolution / 256)
+    return np.diag([sx, sy]) @ m
+
+
+def warp_face(frame: np.ndarray, matrix: np.ndarray, resolution: int) -> np.ndarray:
+    return cv2.warpAffine(frame, matrix, (resolution, resolution), flags=cv2.INTER_LANCZOS4,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(GREY, GREY, GREY))
+
+
+class FaceAligner:
+    """Frame → Alignment (or None when no face is found)."""
+
+    def __init__(self, detector, resolution: int = 256):
+        self.detector = detector
+        self.resolution = int(resolution)
+
+    def __call__(self, frame: np.ndarray) -> Alignment | None:
+        lmk = self.detector(frame)
+        if lmk is None:
+            return None
+        m = alignment_matrix(lmk, self.resolution)
+        return Alignment(warp_face(frame, m, self.resolution), m, lmk)

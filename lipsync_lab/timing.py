@@ -1,0 +1,123 @@
+"""Per-batch stage timing, honest by construction (design §5).
+
+Every stage boundary synchronises the device before reading the clock (on CUDA the GPU runs ahead of Python,
+so an unsynchronised clock charges a stage's work to whichever later stage first waits on it — the artefact
+behind the seed's "decode grew after compiling"). `sync=False` reproduces that artefact on purpose.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+# (key, label printed, parent key). Labels are the seed's, verbatim (design §2). Order = print order.
+STAGES: list[tuple[str, str, str | None]] = [
+    ("read", "Read frames", None),
+    ("face", "Facial preprocessing", None),
+    ("audio", "Audio feature preparation", None),
+    ("diffusion", "Diffusion inference", None),
+    ("latents", "Prepare latent variables", "diffusion"),
+    ("timesteps", "Set timesteps", "diffusion"),
+    ("audio_embeds", "Prepare audio embeddings", "diffusion"),
+    ("masks", "Prepare face masks", "diffusion"),
+    ("mask_latents", "Prepare mask latent variables", "diffusion"),
+    ("image_latents", "Prepare image latent variables", "diffusion"),
+    ("denoise", "Denoising process", "diffusion"),
+    ("decode", "Decode and post-process", "diffusion"),
+    ("restore", "Face postprocessing", None),
+    ("write", "Write frames", None),
+]
+# One row per denoising step; its label is the printed average's, since those rows are what it averages.
+STEP_STAGE = ("denoise_step", "Average denoising per step", "denoise")
+LABELS = {key: label for key, label, _ in STAGES + [STEP_STAGE]}
+PARENTS = {key: parent for key, _, parent in STAGES + [STEP_STAGE]}
+TOP_LEVEL = [key for key, _, parent in STAGES if parent is None]
+DIFFUSION_SUBSTAGES = [key for key, _, parent in STAGES if parent == "diffusion"]
+
+
+def device_sync(device: torch.device | str | None) -> None:
+    """Wait for queued device work so a clock read afterwards measures it."""
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device is not None and device.type == "mps":
+        torch.mps.synchronize()
+
+
+@dataclass
+class BatchTimer:
+    """Collects one batch's stage times (seconds) and per-step denoising times."""
+
+    batch: int
+    frames: int
+    warmup: bool
+    device: torch.device | None = None
+    sync: bool = True
+    run_start: float = field(default_factory=time.perf_counter)
+    seconds: dict[str, float] = field(default_factory=dict)
+    starts: dict[str, float] = field(default_factory=dict)
+    steps: list[tuple[int, float]] = field(default_factory=list)  # (timestep, seconds)
+    face_frames: int = 0
+
+    def _now(self) -> float:
+        if self.sync:
+            device_sync(self.device)
+        return time.perf_counter()
+
+    @contextmanager
+    def stage(self, key: str):
+        if key not in LABELS:
+            raise KeyError(f"unknown stage {key!r}")
+        start = self._now()
+        try:
+            yield
+        finally:
+            self.seconds[key] = self.seconds.get(key, 0.0) + self._now() - start
+            self.starts.setdefault(key, start - self.run_start)
+
+    @contextmanager
+    def step(self, timestep: int):
+        start = self._now()
+        try:
+            yield
+        finally:
+            self.steps.append((int(timestep), self._now() - start))
+
+    def skip(self, key: str) -> None:
+        """Record a stage that did not run in this batch (e.g. diffusion for a batch with no face) as 0 s."""
+        self.seconds.setdefault(key, 0.0)
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.get(k, 0.0) for k in TOP_LEVEL)
+
+    def rows(self, run_id: str) -> list[dict]:
+        """Tidy rows: one per stage, plus one per denoising step (stage 'denoise_step', step = index)."""
+        base = dict(run_id=run_id, batch=self.batch, frames=self.frames, face_frames=self.face_frames,
+                    warmup=self.warmup)
+        out = []
+        for key, label, parent in STAGES:
+            if key in self.seconds:
+                out.append(dict(base, stage=key, label=label, parent=parent, step=-1, timestep=-1,
+                                seconds=self.seconds[key], start_s=self.starts.get(key, float("nan"))))
+        key, label, parent = STEP_STAGE
+        for i, (t, s) in enumerate(self.steps):
+            out.append(dict(base, stage=key, label=label, parent=parent, step=i, timestep=t, seconds=s,
+                            start_s=float("nan")))
+        return out
+
+    def report(self) -> str:
+        """The seed's per-batch block, verbatim labels (design §2)."""
+        lines = [f"Batch {self.batch} processing completed, total time: {self.total:.4f} seconds", "Step times:"]
+        for key, label, parent in STAGES:
+            if key not in self.seconds:
+                continue
+            indent = "    " if parent else "  "
+            lines.append(f"{indent}{label}: {self.seconds[key]:.4f} seconds")
+            if key == "denoise":
+                avg = sum(s for _, s in self.steps) / len(self.steps) if self.steps else 0.0
+                lines.append(f"{indent}{STEP_STAGE[1]}: {avg:.4f} seconds")
+        return "\n".join(lines)
