@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import torch
+from diffusers.utils import logging as diffusers_logging
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -65,10 +67,16 @@ def run_metadata(cfg: DictConfig, device: torch.device) -> dict:
 
 
 def build_source(cfg: DictConfig):
-    src = cfg.source
-    if "video" in src and OmegaConf.is_missing(src, "video"):
-        raise LipsyncInputError("source.video", "not set: pass source.video=PATH (and optionally source.audio=PATH)")
-    return instantiate(src, max_frames=cfg.max_frames)
+    """Instantiate the source group's `_target_`, surfacing bad input as our one-line error, not Hydra's wrapper."""
+    missing = [k for k in cfg.source if OmegaConf.is_missing(cfg.source, k)]
+    if missing:
+        raise LipsyncInputError(f"source.{missing[0]}", f"not set: pass source.{missing[0]}=PATH")
+    try:
+        return instantiate(cfg.source, max_frames=cfg.max_frames)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, LipsyncInputError):
+            raise e.__cause__ from None
+        raise
 
 
 def build_pipeline(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> LipsyncPipeline:
@@ -83,7 +91,7 @@ def build_pipeline(cfg: DictConfig, device: torch.device, dtype: torch.dtype) ->
         guidance_scale=cfg.guidance_scale, scaling_factor=scaling, shift_factor=shift, device=device, dtype=dtype,
         seed=cfg.seed)
     detector = LandmarkDetector(cfg.face.detect_size, cfg.face.upsample, cfg.face.smooth)
-    audio = StreamingAudioFeatures(whisper, cfg.audio.left_context_s, cfg.audio.lookahead_s)
+    audio = StreamingAudioFeatures(whisper, cfg.audio.left_context_s)
     return LipsyncPipeline(FaceAligner(detector, res), audio, diffusion)
 
 
@@ -93,6 +101,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    # diffusers warns on every `.to(dtype)` of a model built from a config (a from_pretrained concern); our own
+    # log says what is built and how
+    diffusers_logging.set_verbosity_error()
     device = resolve_device(cfg.device.name)
     dtype = DTYPES[cfg.precision.dtype]
     source = build_source(cfg)

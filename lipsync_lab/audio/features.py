@@ -1,11 +1,12 @@
 """Per-frame audio windows (reference §3.1) and their streaming computation.
 
 Frame i (25 fps) uses the 10 encoder steps c−4 … c+5 around c = 2i (50 Hz), clamped to the available steps,
-flattened to (10·5, 384) = (50, 384). Streaming keeps the audio received so far (bounded by `left_context_s`), and
-for a batch encodes one window that covers its frames' steps plus that left context and `lookahead_s` of right
-context. Indices are absolute times: a window starting at step s yields step j at row j − s — there is no lead or
-lag (the fork's +2-frame shift, reference §3.2, cannot happen here), which the tests check with an encoder
-stand-in whose output is its input's sample position.
+flattened to (10·5, 384) = (50, 384). Streaming keeps the audio received so far (bounded by `left_context_s` before
+a batch's first step) and encodes one window from there to the end of what has arrived; how far past a batch's
+frames that reaches is the batcher's look-ahead (`lookahead_frames`: the frames' own +5 steps plus any extra right
+context), which in a live stream is latency. Indices are absolute times: a window starting at step s yields step j
+at row j − s — there is no lead or lag (the fork's +2-frame shift, reference §3.2, cannot happen here), which the
+tests check with an encoder stand-in whose output is its input's sample position.
 """
 
 from __future__ import annotations
@@ -56,10 +57,9 @@ def lookahead_frames(lookahead_s: float) -> int:
 class StreamingAudioFeatures:
     """Audio arrives in pushes; `features(frames)` encodes one window over the audio received so far."""
 
-    def __init__(self, encoder: Encoder, left_context_s: float | None = 5.0, lookahead_s: float = 0.1):
+    def __init__(self, encoder: Encoder, left_context_s: float | None = 5.0):
         self.encoder = encoder
         self.left_steps = None if left_context_s is None else int(round(left_context_s * 50))
-        self.right_steps = int(math.ceil(lookahead_s * 50))
         self._buf = np.zeros(0, np.float32)
         self._buf_start = 0  # absolute sample index of _buf[0]
         self.ended = False
@@ -80,7 +80,7 @@ class StreamingAudioFeatures:
             raise RuntimeError(f"audio for step {hi} not received yet ({available} steps so far)")
         total = available if self.ended else None
         start = 0 if self.left_steps is None else max(0, lo - self.left_steps)
-        stop = min(available, hi + 1 + self.right_steps)
+        stop = available  # everything received so far: the batcher decides how far ahead that reaches
         a = start * SAMPLES_PER_STEP - self._buf_start
         b = stop * SAMPLES_PER_STEP - self._buf_start
         if a < 0:

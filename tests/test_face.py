@@ -1,0 +1,89 @@
+"""Face stage: alignment geometry, the mouth mask, and the align → restore round trip on a real frame."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import shared_file
+from lipsync_lab.face.align import FaceAligner, alignment_matrix, anchors, similarity_transform
+from lipsync_lab.face.landmarks import LandmarkDetector
+from lipsync_lab.face.mask import mouth_mask
+from lipsync_lab.face.restore import restore_cv2, roi_box
+
+
+@pytest.fixture(scope="module")
+def aligner():
+    return FaceAligner(LandmarkDetector(), resolution=256)
+
+
+def test_similarity_recovers_a_known_transform():
+    rng = np.random.default_rng(1)
+    src = rng.uniform(0, 500, (3, 2))
+    angle, scale, shift = np.deg2rad(17.0), 0.63, np.array([12.0, -40.0])
+    rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    dst = src @ rot.T + shift
+    m = similarity_transform(src, dst)
+    np.testing.assert_allclose(m[:, :2], rot, atol=1e-9)
+    np.testing.assert_allclose(m[:, 2], shift, atol=1e-7)
+
+
+def test_real_face_lands_on_the_template(aligner, real_frames):
+    a = aligner(real_frames[0])
+    assert a is not None, "dlib found no face in the demo clip's first frame"
+    assert a.face.shape == (256, 256, 3) and a.face.dtype == np.uint8
+    # the three anchors map close to LatentSync's template, resized from the 210x280 crop to 256²
+    mapped = np.c_[anchors(a.landmarks), np.ones(3)] @ a.matrix.T
+    template = np.array([[17, 20], [58, 20], [37.5, 40]]) * 2.8 * [256 / 210, 256 / 280]
+    assert np.abs(mapped - template).max() < 12.0  # a similarity fits 3 points only approximately
+
+
+def test_align_restore_round_trip_on_real_frame(aligner, real_frames):
+    frame = real_frames[0]
+    a = aligner(frame)
+    out = restore_cv2(frame, a.face, a.matrix)
+    x0, y0, x1, y1 = roi_box(a.matrix, 256, frame.shape)
+    assert 0 < x1 - x0 < frame.shape[1] / 2 and 0 < y1 - y0 < frame.shape[0] / 2  # ROI-limited
+    outside = np.ones(frame.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(out[outside], frame[outside]), "pixels outside the face's box changed"
+    diff = np.abs(out[y0:y1, x0:x1].astype(int) - frame[y0:y1, x0:x1])
+    # two Lanczos resamplings of the same pixels: stated tolerance, mean < 0.5 and 99.9th percentile <= 4 levels
+    assert diff.mean() < 0.5 and np.percentile(diff, 99.9) <= 4, (diff.mean(), np.percentile(diff, 99.9))
+
+
+def test_restore_pastes_a_new_face_inside_the_box(aligner, real_frames):
+    frame = real_frames[0]
+    a = aligner(frame)
+    out = restore_cv2(frame, np.zeros_like(a.face), a.matrix)  # a black face must show up in the frame
+    x0, y0, x1, y1 = roi_box(a.matrix, 256, frame.shape)
+    centre = out[(y0 + y1) // 2 - 5:(y0 + y1) // 2 + 5, (x0 + x1) // 2 - 5:(x0 + x1) // 2 + 5]
+    assert centre.max() == 0
+
+
+def test_no_face_gives_none(aligner):
+    blank = np.full((360, 640, 3), 90, np.uint8)
+    assert aligner(blank) is None
+
+
+def test_procedural_mask_matches_latentsync_png():
+    official = cv2.imread(str(shared_file("latentsync_mask.png")), cv2.IMREAD_GRAYSCALE) > 127
+    ours = mouth_mask(256) > 0.5
+    regen_ours, regen_official = ~ours, ~official
+    iou = (regen_ours & regen_official).sum() / (regen_ours | regen_official).sum()
+    assert iou >= 0.98, iou
+
+
+def test_mask_polarity_is_keep_one_regenerate_zero():
+    for m in (mouth_mask(256), mouth_mask(512), mouth_mask(256, str(shared_file("latentsync_mask.png")))):
+        r = m.shape[0] / 256
+        assert m[int(30 * r), int(128 * r)] == 1.0   # forehead: keep
+        assert m[int(110 * r), int(128 * r)] == 1.0  # nose notch: keep
+        assert m[int(200 * r), int(128 * r)] == 0.0  # mouth / chin: regenerate
+        assert set(np.unique(m)) == {0.0, 1.0}
+
+
+def test_alignment_matrix_scales_with_resolution(real_frames, aligner):
+    lmk = aligner(real_frames[0]).landmarks
+    np.testing.assert_allclose(alignment_matrix(lmk, 512), 2 * alignment_matrix(lmk, 256), rtol=1e-9)
