@@ -123,6 +123,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
         for index in range((source.n_frames + cfg.batch_frames - 1) // cfg.batch_frames):
             timer = BatchTimer(index, 0, warmup=index < cfg.warmup_batches, device=device, sync=cfg.timing.sync,
                                run_start=stream_start)
+            if index == 0 and cfg.warmup_batches:
+                log.info("Batch 0 is a warm-up batch: it pays one-time costs (first calls, allocator, caches) "
+                         "and is left out of the summary")
             with timer.stage("read"):
                 batch = next(batches)
             timer.frames = len(batch.frames)
