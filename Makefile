@@ -7,14 +7,14 @@ PY := $(VENV)/bin/python
 TORCH_CPU := torch==2.13.0
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 
-.PHONY: install demo test clean
+.PHONY: install demo test lab clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU wheel, only where no torch is present (a GPU user's own CUDA torch in the venv is kept).
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_CPU)
-	$(PY) -m pip install -q -e ".[dev,notebooks]"
+	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
@@ -25,6 +25,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q $(ARGS)
+
+lab: install  # JupyterLab + TensorBoard's profiler plugin for the notebooks and traces
+	$(PY) -m pip install -q -e ".[notebooks,profiling]"
+	$(VENV)/bin/jupyter lab notebooks
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
