@@ -104,3 +104,10 @@ def test_multirun_sweep_into_a_temp_folder(tmp_path):
     assert df["variant"].nunique() == 2
     steps = df[df["stage"] == "denoise_step"].groupby("variant")["step"].max().sort_values().tolist()
     assert steps == [0, 1]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_runs_on_cpu(tmp_path, precision):
+    summary = run(compose([f"precision={precision}", "max_frames=4", "batch_frames=4", "steps=1", "sink=none",
+                           "print_batches=false"]), tmp_path)
+    assert summary["frames"] == 4 and summary["includes_warmup"]  # one batch: it is the warm-up, and says so

@@ -43,9 +43,10 @@ class LogMel(torch.nn.Module):
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        stft = torch.stft(audio.float(), N_FFT, HOP, window=self.window, return_complex=True)
+        # always fp32, whatever dtype the module was cast to: log10 of powers down to 1e-10 needs the range
+        stft = torch.stft(audio.float(), N_FFT, HOP, window=self.window.float(), return_complex=True)
         power = stft[..., :-1].abs() ** 2
-        logmel = torch.clamp(self.filters @ power, min=1e-10).log10()
+        logmel = torch.clamp(self.filters.float() @ power, min=1e-10).log10()
         logmel = torch.maximum(logmel, logmel.max() - 8.0)
         return (logmel + 4.0) / 4.0
 
