@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from lipsync_lab.audio.features import StreamingAudioFeatures, lookahead_frames
 from lipsync_lab.audio.whisper import WhisperFeatures
 from lipsync_lab.diffusion.denoise import LipsyncDiffusion
+from lipsync_lab.diffusion.latentsync import max_frames_per_call
 from lipsync_lab.diffusion.models import announce, build_scheduler, build_unet, build_vae, vae_latent_scale
 from lipsync_lab.errors import LipsyncInputError
 from lipsync_lab.face.align import FaceAligner
@@ -82,6 +83,10 @@ def build_source(cfg: DictConfig):
 def build_pipeline(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> LipsyncPipeline:
     res = int(cfg.model.resolution)
     unet = build_unet(cfg.model, cfg.seed).to(device, dtype)
+    limit = max_frames_per_call(unet)
+    if limit is not None and cfg.batch_frames > limit:  # say so now, not after the first batch's face work
+        raise LipsyncInputError("batch_frames", f"{cfg.batch_frames} frames per UNet call, but model={cfg.model.name}"
+                                                f" takes at most {limit} (its temporal position table)")
     vae = build_vae(cfg.vae, cfg.model.vae_size, cfg.seed).to(device, dtype)
     with announce("Building whisper-tiny audio encoder"):
         whisper = WhisperFeatures.build(cfg.audio.checkpoint, cfg.seed).to(device, dtype)

@@ -111,3 +111,13 @@ def test_reduced_precision_runs_on_cpu(tmp_path, precision):
     summary = run(compose([f"precision={precision}", "max_frames=4", "batch_frames=4", "steps=1", "sink=none",
                            "print_batches=false"]), tmp_path)
     assert summary["frames"] == 4 and summary["includes_warmup"]  # one batch: it is the warm-up, and says so
+
+
+def test_too_many_frames_for_a_motion_unet_is_refused_before_streaming(tmp_path):
+    r = cli("model=latentsync_v15", "model.unet.block_out_channels=[32,64,64,64]", "model.unet.norm_num_groups=8",
+            "model.unet.layers_per_block=1", "model.unet.motion_adapter.motion_norm_num_groups=8",
+            "vae.arch.full.block_out_channels=[16,32,32,32]", "vae.arch.full.norm_num_groups=8", "batch_frames=25",
+            f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: batch_frames: 25 frames per UNet call, but model=latentsync_v15 takes at most 24 (its temporal "
+        "position table)"], r.stderr

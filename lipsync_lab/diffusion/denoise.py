@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderTiny, UNetMotionModel
 
+from lipsync_lab.diffusion.latentsync import frames_per_call
 from lipsync_lab.timing import BatchTimer
 
 
@@ -38,9 +39,10 @@ class LipsyncDiffusion:
 
     @property
     def vae_downscale(self) -> int:
-        if isinstance(self.vae, AutoencoderTiny):
-            return 2 ** sum(1 for s in self.vae.config.encoder_block_out_channels[1:])
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        """Both VAE kinds halve the resolution between consecutive encoder blocks."""
+        cfg = self.vae.config
+        blocks = cfg.encoder_block_out_channels if isinstance(self.vae, AutoencoderTiny) else cfg.block_out_channels
+        return 2 ** (len(blocks) - 1)
 
     # -- the two VAE directions -------------------------------------------------------------------------------
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -54,13 +56,15 @@ class LipsyncDiffusion:
         return self.vae.decode(latents / self.scaling_factor + self.shift_factor).sample
 
     def unet_eps(self, x: torch.Tensor, t, context: torch.Tensor) -> torch.Tensor:
-        """x (B, F, 13, h, w), context (B·F, 50, 384) → eps (B, F, 4, h, w)."""
+        """x (B, F, 13, h, w), context (B·F, 50, 384) → eps (B, F, 4, h, w). Each of the B clips is F frames
+        (LatentSync's clip-level GroupNorm statistics and the motion modules' frame limit depend on it)."""
         b, f = x.shape[:2]
-        if isinstance(self.unet, UNetMotionModel):  # motion UNets take (B, C, F, h, w)
-            out = self.unet(x.transpose(1, 2), t, encoder_hidden_states=context, return_dict=False)[0]
-            return out.transpose(1, 2)
-        out = self.unet(x.flatten(0, 1), t, encoder_hidden_states=context, return_dict=False)[0]
-        return out.unflatten(0, (b, f))
+        with frames_per_call(self.unet, f):
+            if isinstance(self.unet, UNetMotionModel):  # motion UNets take (B, C, F, h, w)
+                out = self.unet(x.transpose(1, 2), t, encoder_hidden_states=context, return_dict=False)[0]
+                return out.transpose(1, 2)
+            out = self.unet(x.flatten(0, 1), t, encoder_hidden_states=context, return_dict=False)[0]
+            return out.unflatten(0, (b, f))
 
     # -- one batch ----------------------------------------------------------------------------------------------
     @torch.inference_mode()

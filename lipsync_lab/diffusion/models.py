@@ -14,6 +14,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lipsync_lab.diffusion.latentsync import apply_norm
+
 log = logging.getLogger(__name__)
 
 
@@ -31,10 +33,11 @@ def n_params(module: torch.nn.Module) -> int:
 
 
 def build_unet(model_cfg: DictConfig, seed: int) -> torch.nn.Module:
-    """The model preset's UNet: random seeded weights, or `model.checkpoint` loaded strictly."""
+    """The model preset's UNet: random seeded weights, or `model.checkpoint` loaded strictly; GroupNorms per
+    `model.norm` (LatentSync's conventions unless the preset says `diffusers`)."""
     torch.manual_seed(seed)
     with announce(f"Building UNet '{model_cfg.name}'"):
-        unet = instantiate(model_cfg.unet)
+        unet = apply_norm(instantiate(model_cfg.unet), model_cfg.get("norm", "latentsync"))
         checkpoint = model_cfg.get("checkpoint")
         if checkpoint:
             from lipsync_lab.diffusion.checkpoints import load_unet_checkpoint
