@@ -121,6 +121,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     lookahead = lookahead_frames(cfg.audio.lookahead_s)
     batches = iter_batches(source, cfg.batch_frames, lookahead)
     sink = make_sink(cfg.sink, str(run_dir / "output.mp4"), source.width, source.height)
+    if cfg.warmup_batches:
+        log.info("The first %d batch(es) are warm-up: they pay one-time costs (first calls, allocator, caches) "
+                 "and are left out of the summary", cfg.warmup_batches)
     rows, first_batch_s = [], None
     stream_start = time.perf_counter()
     bar = tqdm(total=source.n_frames, unit="frame", desc="lip-sync", disable=None, dynamic_ncols=True)
@@ -128,9 +131,6 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
         for index in range((source.n_frames + cfg.batch_frames - 1) // cfg.batch_frames):
             timer = BatchTimer(index, 0, warmup=index < cfg.warmup_batches, device=device, sync=cfg.timing.sync,
                                run_start=stream_start)
-            if index == 0 and cfg.warmup_batches:
-                log.info("Batch 0 is a warm-up batch: it pays one-time costs (first calls, allocator, caches) "
-                         "and is left out of the summary")
             with timer.stage("read"):
                 batch = next(batches)
             timer.frames = len(batch.frames)
@@ -143,8 +143,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
             rows += timer.rows(cfg.variant)
             if cfg.print_batches:
                 tqdm.write(timer.report())
-            bar.update(len(out))
-            bar.set_postfix(fps=f"{bar.n / (time.perf_counter() - stream_start):.2f}")
+            bar.update(len(out))  # the bar's rate is the live frames per second
         sink.close()
     except BaseException:
         sink.abort()

@@ -146,3 +146,13 @@ def test_unreadable_media(tmp_path):
     with pytest.raises(LipsyncInputError) as e:
         FileSource(str(junk))
     one_line(e.value, junk)
+
+
+def test_odd_sized_frames_keep_their_size(tmp_path):
+    """4:2:0 cannot hold odd sizes; the sink switches to 4:4:4 rather than cropping or padding."""
+    sink = Mp4Sink(str(tmp_path / "odd.mp4"), 81, 49)
+    sink.write([np.full((49, 81, 3), 100, np.uint8)] * 3, np.zeros(3 * SAMPLES_PER_FRAME, np.float32))
+    sink.close()
+    src = FileSource(str(tmp_path / "odd.mp4"))
+    assert (src.width, src.height, src.n_frames) == (81, 49, 3)
+    assert np.abs(next(iter(src.frames())).astype(int) - 100).max() <= 2
