@@ -61,7 +61,8 @@ def run_metadata(cfg: DictConfig, device: torch.device) -> dict:
 
     return dict(
         variant=cfg.variant, date=dt.datetime.now().isoformat(timespec="seconds"), git_commit=git_commit(),
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        device=torch.cuda.get_device_name(device) if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         torch=torch.__version__, diffusers=diffusers.__version__, transformers=transformers.__version__,
         python=platform.python_version(), config=OmegaConf.to_container(cfg, resolve=True),
     )
@@ -100,6 +101,38 @@ def build_pipeline(cfg: DictConfig, device: torch.device, dtype: torch.dtype) ->
     return LipsyncPipeline(FaceAligner(detector, res), audio, diffusion)
 
 
+def stream(cfg: DictConfig, source, pipeline: LipsyncPipeline, sink, device: torch.device):
+    """Source → batches → pipeline → sink, one BatchTimer per batch. Returns (rows, first batch s, wall s)."""
+    batches = iter_batches(source, cfg.batch_frames, lookahead_frames(cfg.audio.lookahead_s))
+    rows, first_batch_s = [], None
+    start = time.perf_counter()
+    bar = tqdm(total=source.n_frames, unit="frame", desc="lip-sync", disable=None, dynamic_ncols=True)
+    try:
+        for index in range((source.n_frames + cfg.batch_frames - 1) // cfg.batch_frames):
+            timer = BatchTimer(index, 0, warmup=index < cfg.warmup_batches, device=device, sync=cfg.timing.sync,
+                               run_start=start)
+            with timer.stage("read"):
+                batch = next(batches)
+            timer.frames = len(batch.frames)
+            out = pipeline(batch, timer)
+            with timer.stage("write"):
+                lo = batch.start * SAMPLES_PER_FRAME
+                sink.write(out, source.audio[lo:lo + len(out) * SAMPLES_PER_FRAME])
+            if first_batch_s is None:
+                first_batch_s = time.perf_counter() - start
+            rows += timer.rows(cfg.variant)
+            if cfg.print_batches:
+                tqdm.write(timer.report())
+            bar.update(len(out))  # the bar's rate is the live frames per second
+        sink.close()
+    except BaseException:
+        sink.abort()  # never leave an output that looks complete
+        raise
+    finally:
+        bar.close()
+    return rows, first_batch_s, time.perf_counter() - start
+
+
 def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     """Stream the configured source through the pipeline; write results under run_dir; return the summary."""
     run_dir = Path(run_dir)
@@ -117,46 +150,18 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     t_build = time.perf_counter()
     pipeline = build_pipeline(cfg, device, dtype)
     build_s = time.perf_counter() - t_build
-
-    lookahead = lookahead_frames(cfg.audio.lookahead_s)
-    batches = iter_batches(source, cfg.batch_frames, lookahead)
-    sink = make_sink(cfg.sink, str(run_dir / "output.mp4"), source.width, source.height)
     if cfg.warmup_batches:
         log.info("The first %d batch(es) are warm-up: they pay one-time costs (first calls, allocator, caches) "
                  "and are left out of the summary", cfg.warmup_batches)
-    rows, first_batch_s = [], None
-    stream_start = time.perf_counter()
-    bar = tqdm(total=source.n_frames, unit="frame", desc="lip-sync", disable=None, dynamic_ncols=True)
-    try:
-        for index in range((source.n_frames + cfg.batch_frames - 1) // cfg.batch_frames):
-            timer = BatchTimer(index, 0, warmup=index < cfg.warmup_batches, device=device, sync=cfg.timing.sync,
-                               run_start=stream_start)
-            with timer.stage("read"):
-                batch = next(batches)
-            timer.frames = len(batch.frames)
-            out = pipeline(batch, timer)
-            with timer.stage("write"):
-                lo = batch.start * SAMPLES_PER_FRAME
-                sink.write(out, source.audio[lo:lo + len(out) * SAMPLES_PER_FRAME])
-            if first_batch_s is None:
-                first_batch_s = time.perf_counter() - stream_start
-            rows += timer.rows(cfg.variant)
-            if cfg.print_batches:
-                tqdm.write(timer.report())
-            bar.update(len(out))  # the bar's rate is the live frames per second
-        sink.close()
-    except BaseException:
-        sink.abort()
-        raise
-    finally:
-        bar.close()
-    wall_s = time.perf_counter() - stream_start
+
+    sink = make_sink(cfg.sink, str(run_dir / "output.mp4"), source.width, source.height)
+    rows, first_batch_s, wall_s = stream(cfg, source, pipeline, sink, device)
 
     df = timings_frame(rows)
     summary = summarize(df)
+    lookahead = lookahead_frames(cfg.audio.lookahead_s)
     summary.update(
-        build_s=build_s, stream_wall_s=wall_s, stream_fps=source.n_frames / wall_s,
-        first_batch_s=first_batch_s,
+        build_s=build_s, stream_wall_s=wall_s, stream_fps=source.n_frames / wall_s, first_batch_s=first_batch_s,
         # a live stream's first output frame also waits for its batch to fill and for the audio look-ahead
         live_first_frame_latency_s=first_batch_s + (cfg.batch_frames - 1 + lookahead) / FPS,
         audio_lookahead_frames=lookahead, output=sink.path,
