@@ -111,7 +111,12 @@ def test_cfg_combines_eps_with_guidance():
     diff = make(TwoValued(), guidance=1.5, steps=1)
     got = []
     step = diff.scheduler.step
-    diff.scheduler.step = lambda eps, t, lat, return_dict=False: got.append(eps.clone()) or step(eps, t, lat, return_dict=False)
+
+    def recording_step(eps, t, latents, return_dict=False):
+        got.append(eps.clone())
+        return step(eps, t, latents, return_dict=return_dict)
+
+    diff.scheduler.step = recording_step
     faces, audio = inputs()
     diff(faces, audio, BatchTimer(0, N, warmup=False))
     torch.testing.assert_close(got[0], torch.full((N, 4, 32, 32), 4.0))
