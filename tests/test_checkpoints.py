@@ -19,8 +19,6 @@ from safetensors.torch import save_file
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from hydra.utils import instantiate
-
 from lipsync_lab.audio.checkpoints import load_whisper_encoder
 from lipsync_lab.audio.whisper import TINY, WhisperFeatures
 from lipsync_lab.config import compose

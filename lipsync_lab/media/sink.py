@@ -12,7 +12,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from lipsync_lab.media.source import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from lipsync_lab.media.source import FPS, SAMPLE_RATE
 
 
 class NullSink:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Iterator, Protocol
 
 import av
