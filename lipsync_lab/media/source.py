@@ -129,10 +129,10 @@ class FileSource:
                 raise LipsyncInputError(video, "video stream has no decodable frame (truncated or corrupt)") from None
             rgb = self._to_rgb(first)
             self.height, self.width = rgb.shape[:2]
-        if stream.frames and abs(self.src_fps - FPS) < 1e-3:
-            expected = int(stream.frames)
-        else:
-            expected = int(round(duration * FPS))
+            if stream.frames and abs(self.src_fps - FPS) < 1e-3:
+                expected = int(stream.frames)  # the container's own count, exact at 25 fps
+            else:
+                expected = int(round(duration * FPS))
         self.expected_frames = max(expected, 1)
         self.n_frames = min(self.expected_frames, max_frames) if max_frames else self.expected_frames
         if audio is None and not has_audio:
