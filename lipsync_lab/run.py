@@ -101,9 +101,9 @@ def build_pipeline(cfg: DictConfig, device: torch.device, dtype: torch.dtype) ->
     return LipsyncPipeline(FaceAligner(detector, res), audio, diffusion)
 
 
-def stream(cfg: DictConfig, source, pipeline: LipsyncPipeline, sink, device: torch.device):
+def stream(cfg: DictConfig, source, pipeline: LipsyncPipeline, sink, device: torch.device, lookahead: int):
     """Source → batches → pipeline → sink, one BatchTimer per batch. Returns (rows, first batch s, wall s)."""
-    batches = iter_batches(source, cfg.batch_frames, lookahead_frames(cfg.audio.lookahead_s))
+    batches = iter_batches(source, cfg.batch_frames, lookahead)
     rows, first_batch_s = [], None
     start = time.perf_counter()
     bar = tqdm(total=source.n_frames, unit="frame", desc="lip-sync", disable=None, dynamic_ncols=True)
@@ -154,12 +154,12 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
         log.info("The first %d batch(es) are warm-up: they pay one-time costs (first calls, allocator, caches) "
                  "and are left out of the summary", cfg.warmup_batches)
 
+    lookahead = lookahead_frames(cfg.audio.lookahead_s)
     sink = make_sink(cfg.sink, str(run_dir / "output.mp4"), source.width, source.height)
-    rows, first_batch_s, wall_s = stream(cfg, source, pipeline, sink, device)
+    rows, first_batch_s, wall_s = stream(cfg, source, pipeline, sink, device, lookahead)
 
     df = timings_frame(rows)
     summary = summarize(df)
-    lookahead = lookahead_frames(cfg.audio.lookahead_s)
     summary.update(
         build_s=build_s, stream_wall_s=wall_s, stream_fps=source.n_frames / wall_s, first_batch_s=first_batch_s,
         # a live stream's first output frame also waits for its batch to fill and for the audio look-ahead

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import av
 import numpy as np
 import pytest
@@ -109,7 +107,7 @@ def test_video_without_audio_and_no_audio_given(tmp_path):
     one_line(e.value, path, "no audio track", "source.audio")
 
 
-def test_truncated_mp4_without_index(tmp_path, demo_video):
+def test_truncated_mp4_without_index(tmp_path):
     path = tmp_path / "cut.mp4"
     write_video(tmp_path / "full.mp4", level_frames(50), audio=np.zeros(32000, np.float32))
     data = (tmp_path / "full.mp4").read_bytes()
@@ -120,8 +118,6 @@ def test_truncated_mp4_without_index(tmp_path, demo_video):
 
 
 def test_truncated_mp4_with_index_first_is_not_silently_partial(tmp_path, demo_video):
-    full = tmp_path / "full.mp4"
-    shutil.copy(demo_video, full)
     with av.open(str(demo_video)) as src, av.open(str(tmp_path / "fs.mp4"), "w",
                                                    options={"movflags": "faststart"}) as dst:
         vin, ain = src.streams.video[0], src.streams.audio[0]

@@ -11,10 +11,11 @@ import av
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import ROOT, write_video
 from lipsync_lab.config import compose
-from lipsync_lab.media.source import FileSource
+from lipsync_lab.media.source import FileSource, iter_batches
 from lipsync_lab.results import collect_runs
 from lipsync_lab.run import build_pipeline, run
 from lipsync_lab.timing import LABELS, STAGES, BatchTimer
@@ -54,10 +55,8 @@ def test_frames_without_a_face_pass_through_unchanged(tmp_path):
     frames[3][40:80, 60:100] = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
     path = write_video(tmp_path / "noface.mp4", frames, audio=np.zeros(6 * 640, np.float32))
     cfg = compose(["source=file", f"source.video={path}", "batch_frames=4", *FAST])
-    pipeline = build_pipeline(cfg, device=__import__("torch").device("cpu"), dtype=__import__("torch").float32)
+    pipeline = build_pipeline(cfg, device=torch.device("cpu"), dtype=torch.float32)
     src = FileSource(str(path))
-    from lipsync_lab.media.source import iter_batches
-
     for batch in iter_batches(src, 4, 6):
         timer = BatchTimer(batch.index, len(batch.frames), warmup=False)
         out = pipeline(batch, timer)

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lipsync_lab.diffusion.latentsync import apply_norm
 
@@ -68,6 +68,3 @@ def build_scheduler(scheduler_cfg: DictConfig):
 def vae_latent_scale(vae_cfg: DictConfig) -> tuple[float, float]:
     return float(vae_cfg.scaling_factor), float(vae_cfg.get("shift_factor") or 0.0)
 
-
-def config_dict(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)

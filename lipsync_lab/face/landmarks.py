@@ -44,9 +44,6 @@ class LandmarkDetector:
         self._predictor = dlib.shape_predictor(os.path.join(_models_dir(), "shape_predictor_68_face_landmarks.dat"))
         self._prev: np.ndarray | None = None
 
-    def reset(self) -> None:
-        self._prev = None
-
     def _detect(self, grey: np.ndarray, scale: float, upsample: int, offset=(0, 0)) -> dlib.rectangle | None:
         if scale != 1.0:
             h, w = grey.shape[:2]
