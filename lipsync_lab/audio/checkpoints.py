@@ -10,9 +10,12 @@ from pathlib import Path
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from lipsync_lab.audio.whisper import TINY
-from lipsync_lab.diffusion.checkpoints import load_strict, read_checkpoint, rename, tensor_dict
 from lipsync_lab.errors import LipsyncInputError
+from lipsync_lab.weights import load_strict, read_checkpoint, rename, tensor_dict
+
+# whisper tiny's encoder, the only size LatentSync's UNets take (384-d features)
+TINY = dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536, num_mel_bins=80,
+            max_source_positions=1500)
 
 # OpenAI encoder name → transformers WhisperEncoder name (same maths: pre-LN blocks, GELU MLP, q/k/v/out projections)
 WHISPER_RENAMES = (

@@ -19,15 +19,14 @@ from transformers import WhisperConfig
 from transformers.audio_utils import mel_filter_bank
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from lipsync_lab.audio.checkpoints import TINY, load_whisper_encoder
+
 SAMPLE_RATE = 16_000
 N_FFT = 400
 HOP = 160                 # 100 mel frames per second
 SAMPLES_PER_STEP = 2 * HOP  # one encoder step (conv stride 2) = 20 ms = 320 samples
 N_MELS = 80
 WINDOW_FRAMES = 3000      # whisper's fixed 30 s window, in mel frames
-
-TINY = dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536, num_mel_bins=80,
-            max_source_positions=1500)
 
 
 class LogMel(torch.nn.Module):
@@ -65,8 +64,6 @@ class WhisperFeatures(torch.nn.Module):
     @classmethod
     def build(cls, checkpoint: str | None = None, seed: int = 0) -> "WhisperFeatures":
         if checkpoint:
-            from lipsync_lab.audio.checkpoints import load_whisper_encoder
-
             return cls(load_whisper_encoder(checkpoint))
         torch.manual_seed(seed)
         return cls(WhisperEncoder(WhisperConfig(**TINY)))
