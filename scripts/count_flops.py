@@ -16,13 +16,11 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from diffusers import UNetMotionModel
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from lipsync_lab.build import build_unet
 from lipsync_lab.config import compose
-from lipsync_lab.diffusion.latentsync import frames_per_call
-from lipsync_lab.diffusion.models import build_unet
 
 # (preset, latent size, reference GFLOP per frame)
 CASES = [("latentsync_v1", 32, 169.6), ("latentsync_v15", 32, 244.5), ("latentsync_v16", 64, 975.0)]
@@ -45,14 +43,12 @@ class AttentionScoreFlops(TorchFunctionMode):
 def count(preset: str, latent: int, frames: int, norm: str) -> tuple[float, float]:
     """(all FLOPs, attention-score FLOPs) per frame of one call."""
     with torch.device("meta"):
-        unet = build_unet(compose([f"model={preset}", f"model.norm={norm}"]).model, seed=0)
-        x = torch.zeros(1, 13, frames, latent, latent)  # (B, C, F, h, w), the motion UNet's layout
-        context = torch.zeros(frames, 50, 384)         # one (50, 384) audio window per frame
-    if not isinstance(unet, UNetMotionModel):
-        x = x.transpose(1, 2).flatten(0, 1)            # v1.0 takes the frames folded into the batch
+        unet = build_unet(compose([f"model={preset}", f"norm={norm}", f"batch_frames={frames}"]))
+        x = torch.zeros(1, frames, 13, latent, latent)  # one clip (B, F, C, h, w), the pipeline's UNet call
+        context = torch.zeros(1, frames, 50, 384)      # one (50, 384) audio window per frame
     counter, scores = FlopCounterMode(display=False), AttentionScoreFlops()
-    with counter, scores, frames_per_call(unet, frames), torch.no_grad():
-        unet(x, 999, encoder_hidden_states=context)
+    with counter, scores, torch.no_grad():
+        unet(x, 999, context)
     return counter.get_total_flops() / frames, scores.flops / frames
 
 

@@ -21,9 +21,8 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from lipsync_lab.audio.checkpoints import load_whisper_encoder
 from lipsync_lab.audio.whisper import TINY, WhisperFeatures
+from lipsync_lab.build import build_unet, build_vae
 from lipsync_lab.config import compose
-from lipsync_lab.diffusion.latentsync import frames_per_call
-from lipsync_lab.diffusion.models import build_unet, build_vae
 from lipsync_lab.errors import LipsyncInputError
 
 SMALL = ["model.unet.block_out_channels=[32,64]", "model.unet.down_block_types=[CrossAttnDownBlock2D,DownBlock2D]",
@@ -32,8 +31,8 @@ TINY_DIMS = dict(n_mels=80, n_vocab=51865, n_audio_ctx=1500, n_audio_state=384, 
                  n_text_ctx=448, n_text_state=384, n_text_head=6, n_text_layer=4)
 
 
-def small_cfg(preset: str, checkpoint=None):
-    return compose([f"model={preset}", *SMALL, f"model.checkpoint={checkpoint or 'null'}"]).model
+def small_cfg(preset: str, checkpoint=None, seed=0):
+    return compose([f"model={preset}", *SMALL, f"model.checkpoint={checkpoint or 'null'}", f"seed={seed}"])
 
 
 def randomized(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -115,8 +114,9 @@ V15_LITERALS = {
 
 def latentsync_file(tmp_path, preset: str, seed: int = 1, name="latentsync_unet.pt", literals=None):
     """(path, source model, {LatentSync key: (diffusers key, tensor)}) for a reduced model saved like upstream."""
-    source = randomized(build_unet(small_cfg(preset), 0), seed)
-    layout = to_latentsync(source.state_dict(), "v1.0" if preset == "latentsync_v1" else "v1.5")
+    source = build_unet(small_cfg(preset))
+    randomized(source.unet, seed)
+    layout = to_latentsync(source.unet.state_dict(), "v1.0" if preset == "latentsync_v1" else "v1.5")
     sd = {k: t for k, (_, t) in layout.items()}
     for key in literals or {}:
         assert key in sd, key  # the inverse renaming produces upstream's real names
@@ -131,30 +131,27 @@ def latentsync_file(tmp_path, preset: str, seed: int = 1, name="latentsync_unet.
 @pytest.mark.parametrize("preset, literals", [("latentsync_v1", V10_LITERALS), ("latentsync_v15", V15_LITERALS)])
 def test_unet_checkpoint_lands_every_tensor(tmp_path, preset, literals):
     path, source, layout = latentsync_file(tmp_path, preset, literals=literals)
-    loaded = build_unet(small_cfg(preset, path), seed=2)
-    theirs = loaded.state_dict()
+    loaded = build_unet(small_cfg(preset, path, seed=2))
+    theirs = loaded.unet.state_dict()
     for ls_key, (key, tensor) in layout.items():
         assert torch.equal(theirs[key], tensor), ls_key
     for ls_key, where in literals.items():
         assert torch.equal(theirs[where], layout[ls_key][1]), ls_key
     # and so the function: one call on 2 clips (the CFG halves) of 3 frames
     g = torch.Generator().manual_seed(0)
-    x, ctx = torch.randn(2, 13, 3, 8, 8, generator=g), torch.randn(6, 50, 384, generator=g)
-    if preset == "latentsync_v1":
-        x = x.transpose(1, 2).flatten(0, 1)
-    with frames_per_call(source, 3), frames_per_call(loaded, 3):
-        torch.testing.assert_close(loaded(x, 500, ctx).sample, source(x, 500, ctx).sample, rtol=0, atol=0)
+    x, ctx = torch.randn(2, 3, 13, 8, 8, generator=g), torch.randn(2, 3, 50, 384, generator=g)
+    torch.testing.assert_close(loaded(x, 500, ctx), source(x, 500, ctx), rtol=0, atol=0)
 
 
 def test_unet_checkpoint_variants_safetensors_and_bare_dict(tmp_path):
     path, _, layout = latentsync_file(tmp_path, "latentsync_v15", name="unet.safetensors")
     key = "down_blocks.1.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.to_v.weight"
     expected = layout[key][1]
-    got = build_unet(small_cfg("latentsync_v15", path), 2).down_blocks[1].motion_modules[0].transformer_blocks[0]
+    got = build_unet(small_cfg("latentsync_v15", path)).unet.down_blocks[1].motion_modules[0].transformer_blocks[0]
     assert torch.equal(got.attn1.to_v.weight, expected)
     bare = tmp_path / "bare.pt"
     torch.save({k: t for k, (_, t) in layout.items()}, bare)
-    got = build_unet(small_cfg("latentsync_v15", bare), 2).down_blocks[1].motion_modules[0].transformer_blocks[0]
+    got = build_unet(small_cfg("latentsync_v15", bare)).unet.down_blocks[1].motion_modules[0].transformer_blocks[0]
     assert torch.equal(got.attn1.to_v.weight, expected)
 
 
@@ -231,14 +228,14 @@ def test_vae_folder_loads_the_preset_class_and_refuses_another(tmp_path):
     source = randomized(instantiate(cfg.vae.arch.small), seed=7)
     source.save_pretrained(tmp_path / "sd-vae-ft-mse")
     cfg.vae.path = str(tmp_path / "sd-vae-ft-mse")
-    loaded = build_vae(cfg.vae, "small", 0)
+    loaded = build_vae(cfg).model
     assert type(loaded).__name__ == "AutoencoderKL"
     for (k, a), b in zip(source.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
-    taesd = compose(["vae=tiny", f"vae.path={tmp_path / 'sd-vae-ft-mse'}"]).vae
+    taesd = compose(["vae=tiny", f"vae.path={tmp_path / 'sd-vae-ft-mse'}"])
     with pytest.raises(LipsyncInputError, match="holds AutoencoderKL, but the 'taesd' VAE preset builds "
                                                 "AutoencoderTiny$"):
-        build_vae(taesd, "small", 0)
+        build_vae(taesd)
 
 
 # -- bad files: one clear line each ---------------------------------------------------------------------------------
@@ -320,7 +317,7 @@ def _not_a_dict(tmp_path):
 def test_bad_unet_checkpoints_are_one_line_errors(tmp_path, make, message):
     preset, path = make(tmp_path)
     with pytest.raises(LipsyncInputError) as info:
-        build_unet(small_cfg(preset, path), 0)
+        build_unet(small_cfg(preset, path))
     text = str(info.value)
     assert "\n" not in text and text.startswith(f"{path}: ")
     assert re.search(message, text), text
@@ -349,6 +346,6 @@ def test_whisper_checkpoint_with_a_missing_block_is_an_error(tmp_path):
 
 
 def test_vae_folder_without_config_is_an_error(tmp_path):
-    cfg = compose(["vae=kl", f"vae.path={tmp_path}"]).vae
+    cfg = compose(["vae=kl", f"vae.path={tmp_path}"])
     with pytest.raises(LipsyncInputError, match=r"not a diffusers model folder \(no config\.json\)$"):
-        build_vae(cfg, "small", 0)
+        build_vae(cfg)

@@ -8,7 +8,7 @@ import torch
 
 from lipsync_lab.config import compose
 from lipsync_lab.diffusion.denoise import LipsyncDiffusion
-from lipsync_lab.diffusion.models import build_scheduler, build_unet, build_vae, vae_latent_scale
+from lipsync_lab.build import build_scheduler, build_unet, build_vae
 from lipsync_lab.face.mask import mouth_mask
 from lipsync_lab.timing import DIFFUSION_SUBSTAGES, BatchTimer
 
@@ -16,23 +16,22 @@ N = 4
 
 
 class RecordingUNet(torch.nn.Module):
-    """Stands in for the UNet: records what it is called with and predicts eps = 0."""
+    """Stands in for the UNet (LatentSyncUNet's call): records what it is called with and predicts eps = 0."""
 
     def __init__(self):
         super().__init__()
         self.calls = []
 
-    def forward(self, sample, timestep, encoder_hidden_states, return_dict=False):
-        self.calls.append((sample.clone(), timestep, encoder_hidden_states.clone()))
-        return (torch.zeros(sample.shape[0], 4, *sample.shape[2:]),)
+    def forward(self, sample, timestep, context, real=None):
+        self.calls.append((sample.clone(), timestep, context.clone(), real))
+        return torch.zeros(*sample.shape[:2], 4, *sample.shape[3:])
 
 
-def make(unet, guidance=1.5, steps=2, scheduler="ddim"):
-    cfg = compose([f"scheduler={scheduler}"])
-    vae = build_vae(cfg.vae, "small", seed=0)
-    scaling, shift = vae_latent_scale(cfg.vae)
-    return LipsyncDiffusion(unet, vae, build_scheduler(cfg.scheduler), mouth_mask(256), steps=steps,
-                            guidance_scale=guidance, scaling_factor=scaling, shift_factor=shift, seed=0)
+def make(unet, guidance=1.5, steps=2, scheduler="ddim", frames=N, compile="none"):
+    cfg = compose([f"scheduler={scheduler}", f"compile={compile}"])
+    return LipsyncDiffusion(unet, build_vae(cfg), build_scheduler(cfg), mouth_mask(256), steps=steps,
+                            guidance_scale=guidance, frames=frames, static_shapes=cfg.compile.static_shapes,
+                            seed=0)
 
 
 def inputs(seed=0):
@@ -51,13 +50,13 @@ def test_unet_input_assembly_cfg_and_shared_noise():
     assert out.shape == (N, 256, 256, 3) and out.dtype == np.uint8
     assert len(unet.calls) == 2  # one UNet call per step
 
-    sample, t, context = unet.calls[0]
-    # CFG doubles the batch: [null audio | audio], 13 channels, 32x32 latents
-    assert sample.shape == (2 * N, 13, 32, 32)
-    assert context.shape == (2 * N, 50, 384)
-    assert torch.count_nonzero(context[:N]) == 0
-    torch.testing.assert_close(context[N:], audio)
-    uncond, cond = sample[:N], sample[N:]
+    sample, t, context, real = unet.calls[0]
+    # CFG doubles the batch: 2 clips [null audio | audio] of N frames, 13 channels, 32x32 latents
+    assert sample.shape == (2, N, 13, 32, 32)
+    assert context.shape == (2, N, 50, 384)
+    assert torch.count_nonzero(context[0]) == 0
+    torch.testing.assert_close(context[1], audio)
+    uncond, cond = sample[0], sample[1]
     torch.testing.assert_close(uncond, cond)  # both halves see identical latents and conditioning
     # channels: noisy latents (4) | mask (1) | masked-face latents (4) | reference latents (4)
     noisy, mask, masked_lat, ref_lat = cond[:, :4], cond[:, 4:5], cond[:, 5:9], cond[:, 9:13]
@@ -80,8 +79,8 @@ def test_masked_face_is_face_times_mask():
     unet = RecordingUNet()
     diff = make(unet, guidance=1.0)
     seen = []
-    original = diff.encode
-    diff.encode = lambda px: seen.append(px.clone()) or original(px)
+    original = diff.vae.encode
+    diff.vae.encode = lambda px, noise=None: seen.append(px.clone()) or original(px, noise)
     faces, audio = inputs()
     diff(faces, audio, BatchTimer(0, N, warmup=False))
     masked, pixels = seen
@@ -95,8 +94,8 @@ def test_no_cfg_runs_a_single_copy():
     diff = make(unet, guidance=1.0, steps=3)
     faces, audio = inputs()
     diff(faces, audio, BatchTimer(0, N, warmup=False))
-    assert len(unet.calls) == 3 and unet.calls[0][0].shape[0] == N
-    torch.testing.assert_close(unet.calls[0][2], audio)
+    assert len(unet.calls) == 3 and unet.calls[0][0].shape[:2] == (1, N)
+    torch.testing.assert_close(unet.calls[0][2][0], audio)
 
 
 def test_cfg_combines_eps_with_guidance():
@@ -104,9 +103,9 @@ def test_cfg_combines_eps_with_guidance():
     the scheduler must receive 4."""
 
     class TwoValued(RecordingUNet):
-        def forward(self, sample, timestep, encoder_hidden_states, return_dict=False):
-            n = sample.shape[0] // 2
-            return (torch.cat([torch.full((n, 4, 32, 32), 1.0), torch.full((n, 4, 32, 32), 3.0)]),)
+        def forward(self, sample, timestep, context, real=None):
+            n = sample.shape[1]
+            return torch.stack([torch.full((n, 4, 32, 32), 1.0), torch.full((n, 4, 32, 32), 3.0)])
 
     diff = make(TwoValued(), guidance=1.5, steps=1)
     got = []
@@ -131,7 +130,7 @@ def test_decode_composite_keeps_unmasked_pixels_exactly():
 
 
 def test_real_tiny_unet_runs_and_is_deterministic():
-    unet = build_unet(compose(["model=tiny"]).model, seed=0)  # with LatentSync's norm conventions
+    unet = build_unet(compose(["model=tiny"]))  # with LatentSync's norm conventions
     faces, audio = inputs()
     a = make(unet)(faces, audio, BatchTimer(0, N, warmup=False))
     b = make(unet)(faces, audio, BatchTimer(0, N, warmup=False))
@@ -143,6 +142,6 @@ def test_real_tiny_unet_runs_and_is_deterministic():
     ("ddim", 20, list(range(951, 0, -50))),             # upstream's, "leading" spacing: 951, 901, …, 1
 ])
 def test_scheduler_timesteps_match_reference(name, steps, expected):
-    sched = build_scheduler(compose([f"scheduler={name}"]).scheduler)
+    sched = build_scheduler(compose([f"scheduler={name}"]))
     sched.set_timesteps(steps)
     assert sched.timesteps.tolist() == expected

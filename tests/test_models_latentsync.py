@@ -9,12 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lipsync_lab.build import build_unet
 from lipsync_lab.config import compose
-from lipsync_lab.diffusion.denoise import LipsyncDiffusion
-from lipsync_lab.diffusion.latentsync import ClipGroupNorm, FrameGroupNorm, frames_per_call
-from lipsync_lab.diffusion.models import build_scheduler, build_unet, build_vae
+from lipsync_lab.diffusion.latentsync import ClipGroupNorm, FrameGroupNorm
 from lipsync_lab.errors import LipsyncInputError
-from lipsync_lab.face.mask import mouth_mask
 
 # The LatentSync presets with CPU widths: same block structure (cross-attention and plain blocks, 2 layers per
 # block, 8 heads, motion modules for v1.5), 2 blocks of 32/64 channels instead of 4 of 320…1280.
@@ -24,13 +22,8 @@ B, FRAMES, HW = 2, 4, 8  # CFG halves, frames per clip, latent size
 
 
 def small_unet(preset: str, norm: str = "latentsync", seed: int = 0):
-    return build_unet(compose([f"model={preset}", f"model.norm={norm}", *SMALL]).model, seed)
-
-
-def diffusion(unet) -> LipsyncDiffusion:
-    cfg = compose()
-    return LipsyncDiffusion(unet, build_vae(cfg.vae, "small", 0), build_scheduler(cfg.scheduler), mouth_mask(256),
-                            steps=1, guidance_scale=1.5, scaling_factor=1.0)
+    """LatentSyncUNet (the pipeline's UNet call) around the small preset."""
+    return build_unet(compose([f"model={preset}", f"norm={norm}", f"seed={seed}", *SMALL]))
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -38,8 +31,9 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def unet_inputs(frames=FRAMES, seed=0):
+    """(B, F, 13, h, w) clips and their (B, F, 50, 384) audio windows."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, frames, 13, HW, HW, generator=g), torch.randn(B * frames, 50, 384, generator=g)
+    return torch.randn(B, frames, 13, HW, HW, generator=g), torch.randn(B, frames, 50, 384, generator=g)
 
 
 # -- full-size architectures, on the meta device ---------------------------------------------------------------
@@ -49,12 +43,13 @@ def unet_inputs(frames=FRAMES, seed=0):
     ("latentsync_v16", 1_267_099_844, "1267.10", 512),
 ])
 def test_full_size_parameter_counts(preset, params, rounded, resolution):
-    cfg = compose([f"model={preset}"]).model
+    cfg = compose([f"model={preset}"])
     with torch.device("meta"):
-        unet = build_unet(cfg, seed=0)
+        wrapper = build_unet(cfg)
+    unet = wrapper.unet  # the diffusers model inside
     n = sum(p.numel() for p in unet.parameters())
     assert n == params and f"{n / 1e6:.2f}" == rounded  # reference §4.1: 849.96 M / 1267.1 M
-    assert cfg.resolution == resolution and cfg.norm == "latentsync"
+    assert cfg.model.resolution == resolution and wrapper.max_frames == (None if preset == "latentsync_v1" else 24)
     # LatentSync's GroupNorm conventions on every ResNet GroupNorm and conv_norm_out (22 ResNets · 2 + 1, §4.3)
     assert sum(isinstance(m, ClipGroupNorm) for m in unet.modules()) == 45
     assert isinstance(unet.conv_norm_out, ClipGroupNorm)
@@ -70,11 +65,9 @@ def test_full_size_parameter_counts(preset, params, rounded, resolution):
 
 
 def test_tiny_preset_has_the_latentsync_norm_and_it_is_selectable():
-    assert any(isinstance(m, ClipGroupNorm) for m in build_unet(compose().model, 0).modules())
-    stock = build_unet(compose(["model.norm=diffusers"]).model, 0)
+    assert any(isinstance(m, ClipGroupNorm) for m in build_unet(compose()).modules())
+    stock = build_unet(compose(["norm=diffusers"]))
     assert not any(isinstance(m, (ClipGroupNorm, FrameGroupNorm)) for m in stock.modules())
-    with pytest.raises(LipsyncInputError, match="model.norm: 'per_frame' is not one of"):
-        build_unet(compose(["model.norm=per_frame"]).model, 0)
 
 
 # -- plain-torch references (reference §4.2) ---------------------------------------------------------------------
@@ -141,18 +134,24 @@ def motion_unets():
     return ours, stock
 
 
+def inner_call(wrapper, frames: int):
+    """A block called directly (not through the UNet call): give it the call's clip length, as the UNet does."""
+    wrapper.frame_mask.set(None, frames)
+    return wrapper.unet
+
+
 def test_resnet_block_matches_latentsync_reference(motion_unets):
     ours, stock = motion_unets
     g = torch.Generator().manual_seed(1)
     x = torch.randn(B, 32, FRAMES, HW, HW, generator=g) * 2 + 0.5  # (B, C, F, H, W), 32 → 64 channels
     x[:, :, 1:] += torch.randn(B, 32, FRAMES - 1, 1, 1, generator=g)  # frames of a clip with other statistics
     temb = torch.randn(B, 128, generator=g)
-    block = ours.down_blocks[1].resnets[0]
+    block = ours.unet.down_blocks[1].resnets[0]
     expected = resnet_block_ref(block, x, temb)
 
-    def project(unet):  # diffusers' layout: frames folded into the batch, temb repeated per frame
-        with frames_per_call(unet, FRAMES):
-            out = unet.down_blocks[1].resnets[0](x.transpose(1, 2).flatten(0, 1), temb.repeat_interleave(FRAMES, 0))
+    def project(wrapper):  # diffusers' layout: frames folded into the batch, temb repeated per frame
+        unet = inner_call(wrapper, FRAMES)
+        out = unet.down_blocks[1].resnets[0](x.transpose(1, 2).flatten(0, 1), temb.repeat_interleave(FRAMES, 0))
         return out.unflatten(0, (B, FRAMES)).transpose(1, 2)
 
     assert block.conv_shortcut is not None
@@ -165,12 +164,12 @@ def test_motion_module_matches_latentsync_reference(motion_unets):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(B, 32, FRAMES, HW, HW, generator=g)
     x[:, :, 1:] = x[:, :, 1:] * 3 - 1  # frames with other statistics
-    expected = motion_module_ref(ours.down_blocks[0].motion_modules[0], x)
+    expected = motion_module_ref(ours.unet.down_blocks[0].motion_modules[0], x)
     assert rel(expected, x) > 1e-2  # the module does something (its proj_out is not zero here)
 
-    def project(unet):
+    def project(wrapper):
         folded = x.transpose(1, 2).flatten(0, 1)
-        out = unet.down_blocks[0].motion_modules[0](folded, num_frames=FRAMES)
+        out = inner_call(wrapper, FRAMES).down_blocks[0].motion_modules[0](folded, num_frames=FRAMES)
         return out.unflatten(0, (B, FRAMES)).transpose(1, 2)
 
     assert rel(project(ours), expected) <= 1e-5
@@ -180,15 +179,15 @@ def test_motion_module_matches_latentsync_reference(motion_unets):
 # -- the conventions seen from the pipeline's one UNet call --------------------------------------------------------
 @pytest.mark.parametrize("preset", ["latentsync_v1", "latentsync_v15"])
 def test_cfg_halves_are_normalised_separately(preset):
-    diff = diffusion(small_unet(preset))
+    unet = small_unet(preset)
     x, ctx = unet_inputs()
-    both = diff.unet_eps(x, 999, ctx)
+    both = unet(x, 999, ctx)
     for half in range(B):  # each half alone gives the same as both together
-        alone = diff.unet_eps(x[half:half + 1], 999, ctx[half * FRAMES:(half + 1) * FRAMES])
+        alone = unet(x[half:half + 1], 999, ctx[half:half + 1])
         torch.testing.assert_close(alone[0], both[half], rtol=1e-5, atol=1e-5)
     x2 = x.clone()
     x2[1] += 1.0
-    torch.testing.assert_close(diff.unet_eps(x2, 999, ctx)[0], both[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(unet(x2, 999, ctx)[0], both[0], rtol=1e-5, atol=1e-5)
 
 
 def test_clip_level_norm_couples_the_frames_of_a_clip():
@@ -197,27 +196,62 @@ def test_clip_level_norm_couples_the_frames_of_a_clip():
     x, ctx = unet_inputs()
     x2 = x.clone()
     x2[:, 1:] = x2[:, 1:] * 2 + 1  # change every frame but the first, in both halves
-    ours = diffusion(small_unet("latentsync_v1"))
-    assert rel(ours.unet_eps(x2, 999, ctx)[:, 0], ours.unet_eps(x, 999, ctx)[:, 0]) > 1e-3
-    stock = diffusion(small_unet("latentsync_v1", "diffusers"))
-    torch.testing.assert_close(stock.unet_eps(x2, 999, ctx)[:, 0], stock.unet_eps(x, 999, ctx)[:, 0],
-                               rtol=1e-5, atol=1e-5)
+    ours = small_unet("latentsync_v1")
+    assert rel(ours(x2, 999, ctx)[:, 0], ours(x, 999, ctx)[:, 0]) > 1e-3
+    stock = small_unet("latentsync_v1", "diffusers")
+    torch.testing.assert_close(stock(x2, 999, ctx)[:, 0], stock(x, 999, ctx)[:, 0], rtol=1e-5, atol=1e-5)
 
 
-def test_clip_norm_refuses_to_guess_the_clip_length():
-    unet = small_unet("latentsync_v1")
+def pad_clips(x: torch.Tensor, ctx: torch.Tensor, frames: int, seed: int = 5):
+    """Pad (B, k, …) clips to `frames` with random frames (the worst case: nothing like the real ones)."""
+    g = torch.Generator().manual_seed(seed)
+    b, k = x.shape[:2]
+    px = torch.cat([x, 5 * torch.randn(b, frames - k, *x.shape[2:], generator=g) + 3], dim=1)
+    pc = torch.cat([ctx, torch.randn(b, frames - k, *ctx.shape[2:], generator=g)], dim=1)
+    return px, pc, (torch.arange(frames) < k).float()
+
+
+@pytest.mark.parametrize("preset", ["latentsync_v1", "latentsync_v15"])
+@pytest.mark.parametrize("norm", ["latentsync", "diffusers"])
+def test_padded_frames_do_not_change_the_real_frames(preset, norm):
+    """Static shapes: a clip of k real frames padded to F gives the real frames the output of the unpadded call
+    — clip-level GroupNorm statistics and the motion modules' temporal attention count only real frames."""
+    unet = small_unet(preset, norm)
+    x, ctx = unet_inputs(frames=3)
+    alone = unet(x, 999, ctx)
+    px, pc, real = pad_clips(x, ctx, 8)
+    padded = unet(px, 999, pc, real)
+    assert rel(padded[:, :3], alone) <= 1e-5
+    # counted as real, the padding changes the real frames wherever frames are coupled (all but v1.0 with stock
+    # per-frame norms): so the equality above is the mask's doing
+    unmasked = rel(unet(px, 999, pc)[:, :3], alone)
+    assert unmasked <= 1e-5 if (preset, norm) == ("latentsync_v1", "diffusers") else unmasked > 1e-3
+
+
+@pytest.mark.parametrize("preset", ["latentsync_v1", "latentsync_v15"])
+def test_masked_norm_path_equals_the_plain_one(preset):
+    """Compiled models always take the masked GroupNorm path (one graph for padded and full calls); with every
+    frame real it computes what the plain path does, and both match the plain-torch reference of the clip norm."""
+    unet = small_unet(preset)
     x, ctx = unet_inputs()
-    with pytest.raises(RuntimeError, match="outside .*frames_per_call"):
-        unet(x.flatten(0, 1), 999, encoder_hidden_states=ctx)
+    plain = unet(x, 999, ctx)
+    unet.frame_mask.static = True
+    masked = unet(x, 999, ctx)
+    assert rel(masked, plain) <= 1e-5
+    norm = next(m for m in unet.modules() if isinstance(m, ClipGroupNorm))
+    clips = torch.randn(B, norm.num_channels, FRAMES, HW, HW) * 3 + 2   # (B, C, F, H, W)
+    unet.frame_mask.set(None, FRAMES)
+    got = norm(clips.transpose(1, 2).flatten(0, 1)).unflatten(0, (B, FRAMES)).transpose(1, 2)
+    assert rel(got, group_norm_ref(clips, norm)) <= 1e-5
 
 
 def test_motion_unets_take_at_most_24_frames_per_call():
-    diff = diffusion(small_unet("latentsync_v15"))
+    unet = small_unet("latentsync_v15")
     x, ctx = unet_inputs(frames=24)
-    assert diff.unet_eps(x, 999, ctx).shape == (B, 24, 4, HW, HW)
+    assert unet(x, 999, ctx).shape == (B, 24, 4, HW, HW)
     x, ctx = unet_inputs(frames=25)
-    with pytest.raises(LipsyncInputError, match=r"^batch_frames: 25 frames .* use batch_frames <= 24$"):
-        diff.unet_eps(x, 999, ctx)
+    with pytest.raises(LipsyncInputError, match=r"^batch_frames: 25 frames per UNet call, but this UNet takes at most "
+                                                r"24 \(its temporal position table\)$"):
+        unet(x, 999, ctx)
     # v1.0 has no position table: no limit
-    x, ctx = unet_inputs(frames=25)
-    assert diffusion(small_unet("latentsync_v1")).unet_eps(x, 999, ctx).shape == (B, 25, 4, HW, HW)
+    assert small_unet("latentsync_v1")(x, 999, ctx).shape == (B, 25, 4, HW, HW)

@@ -8,83 +8,79 @@ every frame of the video (upstream's choice; the fork redrew it per batch).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
-from diffusers import AutoencoderTiny, UNetMotionModel
 
-from lipsync_lab.diffusion.latentsync import frames_per_call
-from lipsync_lab.timing import BatchTimer
+from lipsync_lab.diffusion.unet import LatentSyncUNet
+from lipsync_lab.diffusion.vae import LatentVAE
+from lipsync_lab.timing import BatchTimer, device_sync
 
 
 class LipsyncDiffusion:
-    def __init__(self, unet, vae, scheduler, mask: np.ndarray, *, steps: int, guidance_scale: float,
-                 scaling_factor: float, shift_factor: float = 0.0, device="cpu", dtype=torch.float32,
-                 seed: int = 0):
+    """The diffusion stage of one batch. With `static_shapes` every call runs `frames` frames: a short batch (the
+    stream's last, or one where only some frames have a face) is padded by repeating its last face, and the UNet
+    is told which frames are real, so compiled models never see a new shape and the real frames' output is what
+    an unpadded call gives (the padding stays out of every statistic that couples frames)."""
+
+    def __init__(self, unet: LatentSyncUNet, vae: LatentVAE, scheduler, mask: np.ndarray, *, steps: int,
+                 guidance_scale: float, frames: int, static_shapes: bool = True, device="cpu",
+                 dtype=torch.float32, seed: int = 0):
         self.unet, self.vae, self.scheduler = unet, vae, scheduler
         self.steps = int(steps)
         self.guidance_scale = float(guidance_scale)
-        self.scaling_factor, self.shift_factor = scaling_factor, shift_factor
+        self.frames, self.static_shapes = int(frames), bool(static_shapes)
         self.device, self.dtype = torch.device(device), dtype
         self.resolution = mask.shape[0]
-        self.latent_size = self.resolution // self.vae_downscale
+        self.latent_size = self.resolution // vae.downscale
         self.mask = torch.as_tensor(mask, dtype=dtype, device=self.device)[None, None]  # (1,1,res,res)
         self.mask_latent = torch.nn.functional.interpolate(self.mask, size=(self.latent_size,) * 2, mode="nearest")
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.noise = torch.randn((1, 4, self.latent_size, self.latent_size), generator=self.generator,
                                  device=self.device, dtype=torch.float32).to(dtype)
+        # (frames,) masks "the first n frames are real", made once on the device
+        self._real = {n: (torch.arange(self.frames, device=self.device) < n).float()
+                      for n in range(1, self.frames + 1)}
 
     @property
     def do_cfg(self) -> bool:
         return self.guidance_scale > 1.0
 
-    @property
-    def vae_downscale(self) -> int:
-        """Both VAE kinds halve the resolution between consecutive encoder blocks."""
-        cfg = self.vae.config
-        blocks = cfg.encoder_block_out_channels if isinstance(self.vae, AutoencoderTiny) else cfg.block_out_channels
-        return 2 ** (len(blocks) - 1)
-
-    # -- the two VAE directions -------------------------------------------------------------------------------
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.vae, AutoencoderTiny):
-            latents = self.vae.encode(pixels).latents
-        else:  # upstream samples the posterior (not its mode), with the pipeline's generator
-            latents = self.vae.encode(pixels).latent_dist.sample(self.generator)
-        return (latents - self.shift_factor) * self.scaling_factor
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / self.scaling_factor + self.shift_factor).sample
-
-    def unet_eps(self, x: torch.Tensor, t, context: torch.Tensor) -> torch.Tensor:
-        """x (B, F, 13, h, w), context (B·F, 50, 384) → eps (B, F, 4, h, w). Each of the B clips is F frames
-        (LatentSync's clip-level GroupNorm statistics and the motion modules' frame limit depend on it)."""
-        b, f = x.shape[:2]
-        with frames_per_call(self.unet, f):
-            if isinstance(self.unet, UNetMotionModel):  # motion UNets take (B, C, F, h, w)
-                out = self.unet(x.transpose(1, 2), t, encoder_hidden_states=context, return_dict=False)[0]
-                return out.transpose(1, 2)
-            out = self.unet(x.flatten(0, 1), t, encoder_hidden_states=context, return_dict=False)[0]
-            return out.unflatten(0, (b, f))
+    def _posterior_noise(self, n: int) -> torch.Tensor | None:
+        """Noise for sampling a stochastic VAE's posterior: always `frames` draws, so the random stream does not
+        depend on how many frames a batch has or whether it is padded."""
+        if not self.vae.stochastic:
+            return None
+        shape = (self.frames, 4, self.latent_size, self.latent_size)
+        return torch.randn(shape, generator=self.generator, device=self.device, dtype=torch.float32)[:n].to(self.dtype)
 
     # -- one batch ----------------------------------------------------------------------------------------------
     @torch.inference_mode()
     def __call__(self, faces: np.ndarray, audio: torch.Tensor, timer: BatchTimer) -> np.ndarray:
         """faces (N, res, res, 3) uint8 RGB, audio (N, 50, 384) → (N, res, res, 3) uint8 with a new mouth."""
         n = faces.shape[0]
+        if n > self.frames:
+            raise ValueError(f"{n} frames in a batch of at most {self.frames}")
+        calls = self.frames if self.static_shapes else n  # frames per UNet/VAE call
+        real = self._real[n] if self.static_shapes else None
+        if calls > n:  # pad by repeating the last face (its outputs are dropped)
+            keep = np.minimum(np.arange(calls), n - 1)
+            faces, audio = faces[keep], audio[torch.as_tensor(keep)]
         dev, dt = self.device, self.dtype
         copies = 2 if self.do_cfg else 1
 
         # 1. Prepare latent variables: one noise map shared by all frames
         with timer.stage("latents"):
-            latents = self.noise.expand(n, -1, -1, -1).clone() * self.scheduler.init_noise_sigma
+            latents = self.noise.expand(calls, -1, -1, -1).clone() * self.scheduler.init_noise_sigma
 
         # 2. Set timesteps (also resets a multistep solver's history for this batch)
         with timer.stage("timesteps"):
             self.scheduler.set_timesteps(self.steps, device=dev)
 
-        # 3. Prepare audio embeddings: [null (zeros) | audio] under CFG
+        # 3. Prepare audio embeddings: [null (zeros) | audio] under CFG, (copies, frames, 50, 384)
         with timer.stage("audio_embeds"):
-            context = audio.to(dev, dt)
+            context = audio.to(dev, dt)[None]
             if self.do_cfg:
                 context = torch.cat([torch.zeros_like(context), context])
 
@@ -95,13 +91,13 @@ class LipsyncDiffusion:
 
         # 5. Prepare mask latent variables: mask at latent size, VAE-encoded masked face
         with timer.stage("mask_latents"):
-            mask_lat = self.mask_latent.expand(n, -1, -1, -1)
-            masked_lat = self.encode(masked)
+            mask_lat = self.mask_latent.expand(calls, -1, -1, -1)
+            masked_lat = self.vae.encode(masked, self._posterior_noise(calls))
 
         # 6. Prepare image latent variables: the reference is the same frame, unmasked
         with timer.stage("image_latents"):
-            ref_lat = self.encode(pixels)
-            cond = torch.cat([mask_lat, masked_lat, ref_lat], dim=1)  # (N, 9, h, w)
+            ref_lat = self.vae.encode(pixels, self._posterior_noise(calls))
+            cond = torch.cat([mask_lat, masked_lat, ref_lat], dim=1)  # (frames, 9, h, w)
             cond = cond[None].expand(copies, -1, -1, -1, -1)
 
         # 7. Denoising process
@@ -110,7 +106,7 @@ class LipsyncDiffusion:
                 with timer.step(int(t)):
                     x = latents[None].expand(copies, -1, -1, -1, -1)
                     x = self.scheduler.scale_model_input(x, t)
-                    eps = self.unet_eps(torch.cat([x, cond], dim=2), t, context)
+                    eps = self.unet(torch.cat([x, cond], dim=2), t, context, real)
                     if self.do_cfg:
                         eps = eps[0] + self.guidance_scale * (eps[1] - eps[0])
                     else:
@@ -119,9 +115,24 @@ class LipsyncDiffusion:
 
         # 8. Decode and post-process: composite in aligned space (only the mouth region is new)
         with timer.stage("decode"):
-            decoded = self.decode(latents).clamp(-1, 1)
-            out = decoded * (1 - self.mask) + pixels * self.mask
+            decoded = self.vae.decode(latents).clamp(-1, 1)  # every frame: the decoder's shape stays the same
+            out = (decoded * (1 - self.mask) + pixels * self.mask)[:n]
             out = ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
             out = out.cpu().numpy()
         return out
 
+    def warm_up(self) -> float:
+        """One synthetic full batch before the stream: compiles what is compiled and pays first-call costs (kernel
+        selection, allocator growth). The random state is put back, so the stream's output does not depend on it.
+        Returns its wall time in seconds (device-synchronised)."""
+        rng = np.random.default_rng(0)
+        faces = rng.integers(0, 256, (self.frames, self.resolution, self.resolution, 3), dtype=np.uint8)
+        audio = torch.from_numpy(rng.standard_normal((self.frames, 50, 384), dtype=np.float32))
+        state = self.generator.get_state()
+        device_sync(self.device)
+        start = time.perf_counter()
+        self(faces, audio, BatchTimer(-1, self.frames, warmup=True, device=self.device))
+        device_sync(self.device)
+        elapsed = time.perf_counter() - start
+        self.generator.set_state(state)
+        return elapsed
