@@ -3,7 +3,8 @@
 timings.parquet — one row per batch × stage, plus one row per denoising step:
   run_id, batch, stage (key), label (printed label), parent (None = top-level stage; 'diffusion' for its eight
   sub-stages; 'denoise' for step rows), step (−1, or the step index), timestep (−1, or the scheduler's t),
-  seconds, start_s (stage start since the stream began), frames (in the batch), face_frames, warmup.
+  seconds, start_s (stage start since the stream began), frames (in the batch), face_frames, landmarks_cached
+  (frames whose landmarks were read from the landmark cache: the face stage then measured a read), warmup.
 A batch's total is the sum of its top-level rows (parent is null).
 """
 
@@ -12,8 +13,10 @@ from __future__ import annotations
 import glob
 import json
 import os
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lipsync_lab.media.source import FPS
@@ -23,7 +26,7 @@ from lipsync_lab.timing import LABELS, STAGES, STEP_STAGE
 def timings_frame(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     return df.astype({"batch": "int32", "step": "int32", "timestep": "int32", "frames": "int32",
-                      "face_frames": "int32", "warmup": "bool", "seconds": "float64"})
+                      "face_frames": "int32", "landmarks_cached": "int32", "warmup": "bool", "seconds": "float64"})
 
 
 def batch_totals(df: pd.DataFrame) -> pd.DataFrame:
@@ -94,30 +97,99 @@ def write_run(run_dir: str | os.PathLike, df: pd.DataFrame, summary: dict) -> No
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 
-def collect_runs(paths: str | os.PathLike | list) -> pd.DataFrame:
-    """Concatenate the timings of any run folders (globs allowed, searched recursively for timings.parquet),
-    each row tagged with its run folder, variant and device from summary.json."""
+def write_failed(run_dir: str | os.PathLike, error: BaseException, meta: dict) -> None:
+    """Mark a run folder as failed (and why), so collectors and notebooks can say so instead of skipping it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    reason = str(error) if str(error) else type(error).__name__
+    record = dict(status="failed", error=f"{type(error).__name__}: {reason}".splitlines()[0], meta=meta)
+    (run_dir / "summary.json").write_text(json.dumps(record, indent=2, default=str))
+
+
+class CropRecorder:
+    """Keeps the first `limit` generated face crops of a run (uint8, lossless) in `crops.npz` — `frames` (stream
+    positions) and `crops` (n, res, res, 3) — so variants can be compared on their generated pixels, not on a lossy
+    re-encode of the output video."""
+
+    def __init__(self, limit: int | None):
+        self.limit = int(limit or 0)
+        self.frames: list[int] = []
+        self.crops: list[np.ndarray] = []
+
+    def add(self, frames: list[int], crops: np.ndarray | None) -> None:
+        room = self.limit - len(self.frames)
+        if crops is None or room <= 0:
+            return
+        self.frames += list(frames[:room])
+        self.crops.append(np.asarray(crops[:room]))
+
+    def save(self, run_dir: str | os.PathLike) -> None:
+        if self.frames:
+            np.savez_compressed(Path(run_dir) / "crops.npz", frames=np.asarray(self.frames, np.int64),
+                                crops=np.concatenate(self.crops))
+
+
+def _expand(paths) -> list[str]:
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    files: list[str] = []
+    out = []
     for p in paths:
         p = os.fspath(p)
-        for match in sorted(glob.glob(p)) or [p]:
-            if os.path.isdir(match):
-                files += sorted(glob.glob(os.path.join(match, "**", "timings.parquet"), recursive=True))
-            elif match.endswith(".parquet") and os.path.exists(match):
-                files.append(match)
+        out += sorted(glob.glob(p)) or [p]
+    return out
+
+
+def _natural(path: str):
+    """Sort key: sweep job folders by job number ('10_…' after '9_…'), others by name."""
+    name = os.path.basename(os.path.normpath(path))
+    head = name.split("_", 1)[0]
+    return (os.path.dirname(os.path.normpath(path)), int(head) if head.isdigit() else float("inf"), name)
+
+
+def run_index(paths: str | os.PathLike | list) -> pd.DataFrame:
+    """One row per run folder found under `paths` (globs allowed): run_dir, status (ok | failed | incomplete: a
+    folder Hydra made whose run never wrote its summary), error, variant, device. Sweep jobs in job order."""
+    dirs = set()
+    for match in _expand(paths):
+        if not os.path.isdir(match):
+            continue
+        for marker in ("summary.json", ".hydra"):
+            dirs |= {os.path.dirname(f) for f in glob.glob(os.path.join(match, "**", marker), recursive=True)}
+    rows = []
+    for d in sorted(dirs, key=_natural):
+        path = os.path.join(d, "summary.json")
+        record = json.loads(Path(path).read_text()) if os.path.exists(path) else {}
+        meta = record.get("meta", {})
+        status = record.get("status", "ok" if record.get("summary") else "incomplete")
+        rows.append(dict(run_dir=d, status=status, error=record.get("error"), variant=meta.get("variant"),
+                         device=meta.get("device")))
+    return pd.DataFrame(rows, columns=["run_dir", "status", "error", "variant", "device"])
+
+
+def collect_runs(paths: str | os.PathLike | list) -> pd.DataFrame:
+    """Concatenate the timings of any run folders (globs allowed, searched recursively), each row tagged with its
+    run folder, variant and device. Failed or incomplete runs have no timings: a warning names each of them."""
     frames = []
-    for f in files:
-        df = pd.read_parquet(f)
-        run_dir = os.path.dirname(f)
-        df["run_dir"] = run_dir
-        meta_path = os.path.join(run_dir, "summary.json")
-        if os.path.exists(meta_path):
-            meta = json.loads(Path(meta_path).read_text()).get("meta", {})
+    for match in _expand(paths):
+        if os.path.isfile(match) and match.endswith(".parquet"):
+            files = [match]
+        elif os.path.isdir(match):
+            files = sorted(glob.glob(os.path.join(match, "**", "timings.parquet"), recursive=True), key=_natural)
+            for row in run_index(match).itertuples():
+                if row.status != "ok":
+                    warnings.warn(f"{row.run_dir}: {row.status} run, no timings"
+                                  + (f" ({row.error})" if row.error else ""), stacklevel=2)
+        else:
+            files = []
+        for f in files:
+            df = pd.read_parquet(f)
+            run_dir = os.path.dirname(f)
+            df["run_dir"] = run_dir
+            meta_path = os.path.join(run_dir, "summary.json")
+            meta = json.loads(Path(meta_path).read_text()).get("meta", {}) if os.path.exists(meta_path) else {}
             df["variant"] = meta.get("variant")
             df["device"] = meta.get("device")
-        frames.append(df)
+            frames.append(df)
     if not frames:
         return pd.DataFrame()
     return pd.concat(frames, ignore_index=True)

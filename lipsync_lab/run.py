@@ -1,4 +1,8 @@
-"""Compose one run: source → pipeline (face, audio, diffusion, restore) → sink, timed, with results on disk."""
+"""Compose one run: build (build.py) → warm-up call → stream (executor) → results on disk.
+
+A run that fails — bad input or a bug — still leaves a `summary.json` saying `"status": "failed"` and why, so a
+results collector lists it instead of skipping an empty folder silently.
+"""
 
 from __future__ import annotations
 
@@ -12,37 +16,15 @@ from pathlib import Path
 
 import torch
 from diffusers.utils import logging as diffusers_logging
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
-from lipsync_lab.audio.features import StreamingAudioFeatures, lookahead_frames
-from lipsync_lab.audio.whisper import WhisperFeatures
-from lipsync_lab.diffusion.denoise import LipsyncDiffusion
-from lipsync_lab.diffusion.latentsync import max_frames_per_call
-from lipsync_lab.diffusion.models import announce, build_scheduler, build_unet, build_vae, vae_latent_scale
-from lipsync_lab.errors import LipsyncInputError
-from lipsync_lab.face.align import FaceAligner
-from lipsync_lab.face.landmarks import LandmarkDetector
-from lipsync_lab.face.mask import mouth_mask
-from lipsync_lab.media.sink import make_sink
-from lipsync_lab.media.source import FPS, SAMPLES_PER_FRAME, iter_batches
-from lipsync_lab.pipeline import LipsyncPipeline
-from lipsync_lab.results import format_summary, summarize, timings_frame, write_run
-from lipsync_lab.timing import BatchTimer
+from lipsync_lab.audio.features import lookahead_frames
+from lipsync_lab.build import DTYPES, build_executor, build_pipeline, build_sink, build_source, resolve_device
+from lipsync_lab.paths import CACHE_DIR
+from lipsync_lab.media.source import FPS
+from lipsync_lab.results import CropRecorder, format_summary, summarize, timings_frame, write_failed, write_run
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LipsyncInputError("device", f"{name} requested but CUDA is not available here")
-    return torch.device(name)
 
 
 def git_commit() -> str:
@@ -55,121 +37,114 @@ def git_commit() -> str:
         return "unknown"
 
 
-def run_metadata(cfg: DictConfig, device: torch.device) -> dict:
+def run_metadata(cfg: DictConfig, device: torch.device | None) -> dict:
     import diffusers
     import transformers
 
+    if device is None:
+        name = "unknown (the run failed before choosing one)"
+    elif device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     return dict(
         variant=cfg.variant, date=dt.datetime.now().isoformat(timespec="seconds"), git_commit=git_commit(),
-        device=torch.cuda.get_device_name(device) if device.type == "cuda"
-        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        torch=torch.__version__, diffusers=diffusers.__version__, transformers=transformers.__version__,
+        device=name, torch=torch.__version__, diffusers=diffusers.__version__, transformers=transformers.__version__,
         python=platform.python_version(), config=OmegaConf.to_container(cfg, resolve=True),
     )
 
 
-def build_source(cfg: DictConfig):
-    """Instantiate the source group's `_target_`, surfacing bad input as our one-line error, not Hydra's wrapper."""
-    missing = [k for k in cfg.source if OmegaConf.is_missing(cfg.source, k)]
-    if missing:
-        raise LipsyncInputError(f"source.{missing[0]}", f"not set: pass source.{missing[0]}=PATH")
-    try:
-        return instantiate(cfg.source, max_frames=cfg.max_frames)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, LipsyncInputError):
-            raise e.__cause__ from None
-        raise
+def graphs_compiled() -> int:
+    """Graphs torch.compile has compiled in this process so far (a recompilation adds one)."""
+    from torch._dynamo.utils import counters
 
-
-def build_pipeline(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> LipsyncPipeline:
-    res = int(cfg.model.resolution)
-    unet = build_unet(cfg.model, cfg.seed).to(device, dtype)
-    limit = max_frames_per_call(unet)
-    if limit is not None and cfg.batch_frames > limit:  # say so now, not after the first batch's face work
-        raise LipsyncInputError("batch_frames", f"{cfg.batch_frames} frames per UNet call, but model={cfg.model.name}"
-                                                f" takes at most {limit} (its temporal position table)")
-    vae = build_vae(cfg.vae, cfg.model.vae_size, cfg.seed).to(device, dtype)
-    with announce("Building whisper-tiny audio encoder"):
-        whisper = WhisperFeatures.build(cfg.audio.checkpoint, cfg.seed).to(device, dtype)
-    scaling, shift = vae_latent_scale(cfg.vae)
-    diffusion = LipsyncDiffusion(
-        unet, vae, build_scheduler(cfg.scheduler), mouth_mask(res, cfg.face.mask_path), steps=cfg.steps,
-        guidance_scale=cfg.guidance_scale, scaling_factor=scaling, shift_factor=shift, device=device, dtype=dtype,
-        seed=cfg.seed)
-    detector = LandmarkDetector(cfg.face.detect_size, cfg.face.upsample, cfg.face.smooth)
-    audio = StreamingAudioFeatures(whisper, cfg.audio.left_context_s)
-    return LipsyncPipeline(FaceAligner(detector, res), audio, diffusion)
-
-
-def stream(cfg: DictConfig, source, pipeline: LipsyncPipeline, sink, device: torch.device, lookahead: int):
-    """Source → batches → pipeline → sink, one BatchTimer per batch. Returns (rows, first batch s, wall s)."""
-    batches = iter_batches(source, cfg.batch_frames, lookahead)
-    rows, first_batch_s = [], None
-    start = time.perf_counter()
-    bar = tqdm(total=source.n_frames, unit="frame", desc="lip-sync", disable=None, dynamic_ncols=True)
-    try:
-        for index in range((source.n_frames + cfg.batch_frames - 1) // cfg.batch_frames):
-            timer = BatchTimer(index, 0, warmup=index < cfg.warmup_batches, device=device, sync=cfg.timing.sync,
-                               run_start=start)
-            with timer.stage("read"):
-                batch = next(batches)
-            timer.frames = len(batch.frames)
-            out = pipeline(batch, timer)
-            with timer.stage("write"):
-                lo = batch.start * SAMPLES_PER_FRAME
-                sink.write(out, source.audio[lo:lo + len(out) * SAMPLES_PER_FRAME])
-            if first_batch_s is None:
-                first_batch_s = time.perf_counter() - start
-            rows += timer.rows(cfg.variant)
-            if cfg.print_batches:
-                tqdm.write(timer.report())
-            bar.update(len(out))  # the bar's rate is the live frames per second
-        sink.close()
-    except BaseException:
-        sink.abort()  # never leave an output that looks complete
-        raise
-    finally:
-        bar.close()
-    return rows, first_batch_s, time.perf_counter() - start
+    return int(counters["stats"]["unique_graphs"])
 
 
 def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     """Stream the configured source through the pipeline; write results under run_dir; return the summary."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    state = {"device": None}
+    try:
+        return _run(cfg, run_dir, state)
+    except BaseException as e:
+        write_failed(run_dir, e, run_metadata(cfg, state["device"]))
+        raise
+
+
+def _run(cfg: DictConfig, run_dir: Path, state: dict) -> dict:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     # diffusers warns on every `.to(dtype)` of a model built from a config (a from_pretrained concern); our own
     # log says what is built and how
     diffusers_logging.set_verbosity_error()
-    device = resolve_device(cfg.device.name)
+    device = state["device"] = resolve_device(cfg.device.name)
     dtype = DTYPES[cfg.precision.dtype]
     source = build_source(cfg)
     log.info("Source %s: %d frames of %dx%d at %d fps, %.2f s of audio", source.name, source.n_frames,
              source.width, source.height, FPS, len(source.audio) / 16000)
+
+    # 1. Build every stage (the one place: build.py); compilation is lazy
     t_build = time.perf_counter()
-    pipeline = build_pipeline(cfg, device, dtype)
+    pipeline = build_pipeline(cfg, source, device, dtype)
     build_s = time.perf_counter() - t_build
+    compiled = list(cfg.compile.targets)
+
+    # 2. One synthetic full batch through the diffusion stage: compiles what is compiled (compile_s), pays the
+    #    first-call costs of the rest; the random state is restored, so the output does not depend on it
+    log.info("Warm-up call of the diffusion stage%s", f" (compiling {' + '.join(compiled)})" if compiled else "")
+    first_call_s = pipeline.diffusion.warm_up()
+    compile_s = first_call_s if compiled else None
+    if compiled:
+        log.info("Compiled %s in %.1f s (first call, before the stream)", " + ".join(compiled), compile_s)
     if cfg.warmup_batches:
         log.info("The first %d batch(es) are warm-up: they pay one-time costs (first calls, allocator, caches) "
                  "and are left out of the summary", cfg.warmup_batches)
 
-    lookahead = lookahead_frames(cfg.audio.lookahead_s)
-    sink = make_sink(cfg.sink, str(run_dir / "output.mp4"), source.width, source.height)
-    rows, first_batch_s, wall_s = stream(cfg, source, pipeline, sink, device, lookahead)
+    # 3. Stream: source → executor → sink, every stage of every batch timed
+    crops = CropRecorder(cfg.save_crops)
+    graphs = {"after_warmup": graphs_compiled() if compiled and not cfg.warmup_batches else None}
 
-    df = timings_frame(rows)
+    def on_batch(index, result):
+        crops.add(result.face_indices, result.faces)
+        if compiled and index == cfg.warmup_batches - 1:
+            graphs["after_warmup"] = graphs_compiled()
+
+    lookahead = lookahead_frames(cfg.audio.lookahead_s)
+    sink = build_sink(cfg, run_dir, source)
+    try:
+        streamed = build_executor(cfg).stream(
+            source, pipeline, sink, batch_frames=cfg.batch_frames, lookahead=lookahead,
+            warmup_batches=cfg.warmup_batches, device=device, sync=cfg.timing.sync, run_id=cfg.variant,
+            print_batches=cfg.print_batches, on_batch=on_batch)
+    finally:
+        pipeline.close()
+
+    # 4. Results
+    df = timings_frame(streamed.rows)
     summary = summarize(df)
+    recompiled = None
+    if compiled and graphs["after_warmup"] is not None:
+        recompiled = graphs_compiled() - graphs["after_warmup"]
     summary.update(
-        build_s=build_s, stream_wall_s=wall_s, stream_fps=source.n_frames / wall_s, first_batch_s=first_batch_s,
+        build_s=build_s, first_call_s=first_call_s, compile_s=compile_s, compiled=compiled,
+        graphs_compiled_after_warmup=recompiled, static_shapes=bool(cfg.compile.static_shapes),
+        stream_wall_s=streamed.wall_s, stream_fps=source.n_frames / streamed.wall_s,
+        first_batch_s=streamed.first_batch_s,
         # a live stream's first output frame also waits for its batch to fill and for the audio look-ahead
-        live_first_frame_latency_s=first_batch_s + (cfg.batch_frames - 1 + lookahead) / FPS,
+        live_first_frame_latency_s=streamed.first_batch_s + (cfg.batch_frames - 1 + lookahead) / FPS,
         audio_lookahead_frames=lookahead, output=sink.path,
+        landmarks_cached_frames=int(df.loc[df["stage"] == "face", "landmarks_cached"].sum()),
     )
-    write_run(run_dir, df, dict(meta=run_metadata(cfg, device), summary=summary))
+    crops.save(run_dir)
+    write_run(run_dir, df, dict(status="ok", meta=run_metadata(cfg, device), summary=summary))
     print(format_summary(summary))
-    print(f"Models built in {build_s:.1f} s; stream {source.n_frames} frames in {wall_s:.1f} s "
-          f"({summary['stream_fps']:.2f} fps incl. warm-up); live first-frame latency "
+    compile_note = f"; compile {compile_s:.1f} s (first call)" if compile_s is not None else ""
+    print(f"Models built in {build_s:.1f} s{compile_note}; stream {source.n_frames} frames in "
+          f"{streamed.wall_s:.1f} s ({summary['stream_fps']:.2f} fps incl. warm-up); live first-frame latency "
           f"{summary['live_first_frame_latency_s']:.2f} s")
+    if recompiled:
+        print(f"Warning: {recompiled} graph(s) compiled after warm-up; their cost is inside the steady-state times")
     print(f"Results: {run_dir}")
     return summary

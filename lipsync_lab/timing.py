@@ -61,6 +61,7 @@ class BatchTimer:
     starts: dict[str, float] = field(default_factory=dict)
     steps: list[tuple[int, float]] = field(default_factory=list)  # (timestep, seconds)
     face_frames: int = 0
+    landmarks_cached: int = 0  # frames whose landmarks were read from the landmark cache, not computed
 
     def _now(self) -> float:
         if self.sync:
@@ -97,7 +98,7 @@ class BatchTimer:
     def rows(self, run_id: str) -> list[dict]:
         """Tidy rows: one per stage, plus one per denoising step (stage 'denoise_step', step = index)."""
         base = dict(run_id=run_id, batch=self.batch, frames=self.frames, face_frames=self.face_frames,
-                    warmup=self.warmup)
+                    landmarks_cached=self.landmarks_cached, warmup=self.warmup)
         out = []
         for key, label, parent in STAGES:
             if key in self.seconds:

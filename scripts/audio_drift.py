@@ -17,7 +17,8 @@ import torch
 from lipsync_lab.audio.features import StreamingAudioFeatures, cosine_drift, lookahead_frames, offline_features
 from lipsync_lab.audio.whisper import WhisperFeatures
 from lipsync_lab.media.demo import speech_like_audio
-from lipsync_lab.media.source import FPS, SAMPLES_PER_FRAME, fit_audio, iter_batches, load_audio
+from lipsync_lab.media.file import fit_audio, load_audio
+from lipsync_lab.media.source import FPS, SAMPLES_PER_FRAME, iter_batches
 
 
 class _AudioOnly:

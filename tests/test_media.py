@@ -9,8 +9,9 @@ import pytest
 from conftest import write_video
 from lipsync_lab.errors import LipsyncInputError
 from lipsync_lab.media.demo import DemoSource
-from lipsync_lab.media.sink import Mp4Sink
-from lipsync_lab.media.source import SAMPLES_PER_FRAME, FileSource, iter_batches
+from lipsync_lab.media.mp4 import Mp4Sink
+from lipsync_lab.media.file import FileSource
+from lipsync_lab.media.source import SAMPLES_PER_FRAME, iter_batches
 
 
 def level_frames(n, size=(64, 96)):

@@ -15,9 +15,11 @@ import torch
 
 from conftest import ROOT, write_video
 from lipsync_lab.config import compose
-from lipsync_lab.media.source import FileSource, iter_batches
+from lipsync_lab.media.file import FileSource
+from lipsync_lab.media.source import iter_batches
 from lipsync_lab.results import collect_runs
-from lipsync_lab.run import build_pipeline, run
+from lipsync_lab.build import build_pipeline
+from lipsync_lab.run import run
 from lipsync_lab.timing import LABELS, STAGES, BatchTimer
 
 FAST = ["steps=2", "print_batches=false"]
@@ -55,12 +57,13 @@ def test_frames_without_a_face_pass_through_unchanged(tmp_path):
     frames[3][40:80, 60:100] = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
     path = write_video(tmp_path / "noface.mp4", frames, audio=np.zeros(6 * 640, np.float32))
     cfg = compose(["source=file", f"source.video={path}", "batch_frames=4", *FAST])
-    pipeline = build_pipeline(cfg, device=torch.device("cpu"), dtype=torch.float32)
     src = FileSource(str(path))
+    pipeline = build_pipeline(cfg, src, device=torch.device("cpu"), dtype=torch.float32)
     for batch in iter_batches(src, 4, 6):
         timer = BatchTimer(batch.index, len(batch.frames), warmup=False)
         out = pipeline(batch, timer)
-        assert all(o is f for o, f in zip(out, batch.frames))  # the very same frames, untouched
+        assert all(o is f for o, f in zip(out.frames, batch.frames))  # the very same frames, untouched
+        assert out.faces is None and out.face_indices == []
         assert timer.face_frames == 0 and timer.seconds["diffusion"] == 0.0  # skipped, and recorded as such
     summary = run(cfg, tmp_path / "run")
     assert summary["frames"] == 6 and summary["stages"]["diffusion"]["median"] == 0.0

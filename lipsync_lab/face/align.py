@@ -64,15 +64,21 @@ def warp_face(frame: np.ndarray, matrix: np.ndarray, resolution: int) -> np.ndar
 
 
 class FaceAligner:
-    """Frame → Alignment (or None when no face is found)."""
+    """Frame → Alignment (or None when no face is found): landmarks from `detector(frame, index)` (a landmark
+    detector, or the landmark cache around one), the crop from `warp(frame, matrix, resolution)` (an `align`
+    option)."""
 
-    def __init__(self, detector, resolution: int = 256):
+    def __init__(self, detector, resolution: int = 256, warp=warp_face):
         self.detector = detector
         self.resolution = int(resolution)
+        self.warp = warp
 
-    def __call__(self, frame: np.ndarray) -> Alignment | None:
-        lmk = self.detector(frame)
+    def __call__(self, frame: np.ndarray, index: int | None = None) -> Alignment | None:
+        lmk = self.detector(frame, index)
         if lmk is None:
             return None
         m = alignment_matrix(lmk, self.resolution)
-        return Alignment(warp_face(frame, m, self.resolution), m, lmk)
+        return Alignment(self.warp(frame, m, self.resolution), m, lmk)
+
+    def close(self) -> None:
+        self.detector.close()

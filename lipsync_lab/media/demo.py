@@ -84,6 +84,10 @@ class DemoSource:
         m[:, 2] += np.array([self.width / 2 + dx, face_centre[1] * scale + 14 + dy]) - np.array(face_centre)
         return m
 
+    def content_key(self) -> str:
+        """The frames depend on the frame size and the motion seed only (the length just cuts them)."""
+        return f"demo-v1-size{self.width}-seed{self.seed}"
+
     def frames(self):
         for k in range(self.n_frames):
             yield cv2.warpAffine(self.photo, self._motion(k), (self.width, self.height),

@@ -1,0 +1,118 @@
+"""The one place that turns the config groups into objects (design §1).
+
+Every variant axis is a config group whose option either builds its object through `_target_` (source, model's
+UNet, norm, vae, scheduler, face detector, align, audio encoder, restore, sink) or holds plain values (precision,
+device, compile, optimize). Adding a variant = one implementation file + one YAML; nothing here changes unless a
+new kind of stage appears.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lipsync_lab.audio.features import StreamingAudioFeatures
+from lipsync_lab.paths import CACHE_DIR
+from lipsync_lab.diffusion.denoise import LipsyncDiffusion
+from lipsync_lab.diffusion import unet as unet_module
+from lipsync_lab.diffusion.unet import LatentSyncUNet
+from lipsync_lab.diffusion.vae import LatentVAE
+from lipsync_lab.errors import LipsyncInputError
+from lipsync_lab.face.align import FaceAligner
+from lipsync_lab.face.cache import LandmarkCache, cache_path
+from lipsync_lab.face.mask import mouth_mask
+from lipsync_lab.optimize import optimize
+from lipsync_lab.pipeline import LipsyncPipeline
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+LANDMARK_CACHE = CACHE_DIR / "landmarks"
+
+
+def make(node: DictConfig, **kwargs):
+    """`instantiate(node, **kwargs)`, with bad input surfacing as our one-line error instead of Hydra's wrapper."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, LipsyncInputError):
+            raise cause from None
+        raise
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LipsyncInputError("device", f"{name} requested but CUDA is not available here")
+    return torch.device(name)
+
+
+def build_source(cfg: DictConfig):
+    missing = [k for k in cfg.source if OmegaConf.is_missing(cfg.source, k)]
+    if missing:
+        raise LipsyncInputError(f"source.{missing[0]}", f"not set: pass source.{missing[0]}=PATH")
+    return make(cfg.source, max_frames=cfg.max_frames)
+
+
+def build_landmarks(cfg: DictConfig, source):
+    """The `face` option's detector, behind the landmark cache when `face.cache` is on."""
+    detector = make(cfg.face.detector)
+    if not cfg.face.cache:
+        return detector
+    settings = OmegaConf.to_container(cfg.face.detector, resolve=True)
+    return LandmarkCache(detector, cache_path(LANDMARK_CACHE, source.content_key(), settings))
+
+
+def build_unet(cfg: DictConfig) -> LatentSyncUNet:
+    """`model` (architecture, checkpoint) + `norm` (GroupNorm convention), on the CPU in fp32."""
+    unet = unet_module.build_unet(cfg.model, make(cfg.norm), cfg.seed)
+    if unet.max_frames is not None and cfg.batch_frames > unet.max_frames:  # say so now, not after a batch's work
+        raise LipsyncInputError("batch_frames", f"{cfg.batch_frames} frames per UNet call, but model={cfg.model.name}"
+                                                f" takes at most {unet.max_frames} (its temporal position table)")
+    return unet
+
+
+def build_vae(cfg: DictConfig) -> LatentVAE:
+    """`vae` at the model preset's size (or from `vae.path`), on the CPU in fp32."""
+    return make(cfg.vae, size=cfg.model.vae_size, seed=cfg.seed)
+
+
+def build_scheduler(cfg: DictConfig):
+    return make(cfg.scheduler.scheduler)
+
+
+def build_diffusion(cfg: DictConfig, device: torch.device = torch.device("cpu"),
+                    dtype: torch.dtype = torch.float32) -> LipsyncDiffusion:
+    """The diffusion stage: UNet and VAE (optimised per `optimize` and `compile`), scheduler, mouth mask."""
+    unet = build_unet(cfg).to(device, dtype)
+    vae = build_vae(cfg).to(device, dtype)
+    optimize(unet, vae, cfg.optimize, cfg.compile)
+    return LipsyncDiffusion(
+        unet, vae, build_scheduler(cfg), mouth_mask(cfg.model.resolution, cfg.face.mask_path),
+        steps=cfg.steps, guidance_scale=cfg.guidance_scale, frames=cfg.batch_frames,
+        static_shapes=cfg.compile.static_shapes, device=device, dtype=dtype, seed=cfg.seed)
+
+
+def build_pipeline(cfg: DictConfig, source, device: torch.device, dtype: torch.dtype) -> LipsyncPipeline:
+    diffusion = build_diffusion(cfg, device, dtype)
+    encoder = make(cfg.audio.encoder, seed=cfg.seed).to(device, dtype)
+    audio = StreamingAudioFeatures(encoder, cfg.audio.left_context_s)
+    aligner = FaceAligner(build_landmarks(cfg, source), cfg.model.resolution, make(cfg.align))
+    return LipsyncPipeline(aligner, audio, diffusion, make(cfg.restore))
+
+
+def build_sink(cfg: DictConfig, run_dir: Path, source):
+    return make(cfg.sink, path=str(run_dir / "output.mp4"), width=source.width, height=source.height)
+
+
+def build_executor(cfg: DictConfig):
+    return make(cfg.executor)

@@ -1,0 +1,5 @@
+from hydra.experimental.callback import Callback
+
+
+class CompareAfterSweep(Callback):
+    pass

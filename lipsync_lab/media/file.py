@@ -1,0 +1,151 @@
+"""Media files as a source (PyAV, which bundles FFmpeg): any size, orientation and frame rate, conformed to the
+pipeline's clock — 25-fps RGB frames (nearest-frame resampling of 24/30-fps input, display rotation applied) and
+16 kHz mono audio. The driving audio is cut or zero-padded to the video's length: the output video keeps every input
+frame and its audio track lasts exactly as long as the frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import Iterator
+
+import av
+import numpy as np
+
+from lipsync_lab.errors import LipsyncInputError
+from lipsync_lab.media.source import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+
+log = logging.getLogger(__name__)
+
+
+def _open(path: str, what: str) -> av.container.InputContainer:
+    if not os.path.exists(path):
+        raise LipsyncInputError(path, f"{what} file not found")
+    if os.path.isdir(path):
+        raise LipsyncInputError(path, f"is a folder, expected a {what} file")
+    try:
+        return av.open(path)
+    except (av.error.FFmpegError, UnicodeDecodeError) as e:
+        raise LipsyncInputError(path, f"cannot read as media (truncated or not a {what} file): {e}") from None
+
+
+def load_audio(path: str, n_samples: int | None = None) -> np.ndarray:
+    """Decode the first audio track of any file to 16 kHz mono float32 (resampled and down-mixed by FFmpeg)."""
+    with _open(path, "audio") as container:
+        if not container.streams.audio:
+            raise LipsyncInputError(path, "has no audio track")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        parts = []
+        try:
+            for frame in container.decode(audio=0):
+                for out in resampler.resample(frame):
+                    parts.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                parts.append(out.to_ndarray().reshape(-1))
+        except av.error.FFmpegError as e:
+            raise LipsyncInputError(path, f"audio is truncated or corrupt: {e}") from None
+    audio = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+    if len(audio) == 0:
+        raise LipsyncInputError(path, "audio track is empty")
+    return audio
+
+
+def fit_audio(audio: np.ndarray, n_frames: int, name: str) -> np.ndarray:
+    """Cut or zero-pad audio to exactly n_frames * 640 samples, saying so when the lengths really differ."""
+    want = n_frames * SAMPLES_PER_FRAME
+    if abs(len(audio) - want) > SAMPLES_PER_FRAME:
+        verb = "padded with silence" if len(audio) < want else "cut"
+        log.info("%s: audio (%.2f s) %s to the video's %d frames (%.2f s)", name, len(audio) / SAMPLE_RATE,
+                 verb, n_frames, want / SAMPLE_RATE)
+    out = np.zeros(want, np.float32)
+    out[: min(want, len(audio))] = audio[:want]
+    return out
+
+
+class FileSource:
+    """A video file (any size/orientation/frame rate) plus driving audio (a file, or the video's own track)."""
+
+    def __init__(self, video: str, audio: str | None = None, max_frames: int | None = None):
+        video = os.fspath(video)
+        self.path = video
+        self.name = os.path.basename(video)
+        with _open(video, "video") as container:
+            if not container.streams.video:
+                raise LipsyncInputError(video, "has no video stream")
+            stream = container.streams.video[0]
+            self.src_fps = float(stream.average_rate or stream.guessed_rate or FPS)
+            duration = self._duration(container, stream)
+            has_audio = bool(container.streams.audio)
+            try:
+                first = next(container.decode(video=0))
+            except (StopIteration, av.error.FFmpegError):
+                raise LipsyncInputError(video, "video stream has no decodable frame (truncated or corrupt)") from None
+            rgb = self._to_rgb(first)
+            self.height, self.width = rgb.shape[:2]
+            if stream.frames and abs(self.src_fps - FPS) < 1e-3:
+                expected = int(stream.frames)  # the container's own count, exact at 25 fps
+            else:
+                expected = int(round(duration * FPS))
+        self.expected_frames = max(expected, 1)
+        self.n_frames = min(self.expected_frames, max_frames) if max_frames else self.expected_frames
+        if audio is None and not has_audio:
+            raise LipsyncInputError(video, "has no audio track and no audio was given (set source.audio=...)")
+        raw = load_audio(audio if audio is not None else video)
+        self.audio = fit_audio(raw, self.n_frames, self.name)
+
+    @staticmethod
+    def _duration(container, stream) -> float:
+        if stream.duration is not None and stream.time_base is not None:
+            return float(stream.duration * stream.time_base)
+        if container.duration is not None:
+            return container.duration / av.time_base
+        return float(stream.frames or 0) / float(stream.average_rate or FPS)
+
+    @staticmethod
+    def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
+        rgb = frame.to_ndarray(format="rgb24")
+        rotation = int(round(getattr(frame, "rotation", 0) or 0)) // 90 % 4
+        # the display matrix's angle is counter-clockwise; FFmpeg's autorotate undoes it the same way
+        return np.ascontiguousarray(np.rot90(rgb, rotation)) if rotation else rgb
+
+    def content_key(self) -> str:
+        """SHA-256 of the video file's bytes: the same clip under another name hits, another clip never does."""
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return "sha256-" + digest.hexdigest()
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """Frames conformed to 25 fps by nearest-timestamp selection, exactly n_frames of them."""
+        emitted = 0
+        prev = None
+        prev_t = 0.0
+        t0 = None
+        with av.open(self.path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            try:
+                for frame in container.decode(stream):
+                    t = float(frame.time) if frame.time is not None else emitted / self.src_fps
+                    t0 = t if t0 is None else t0
+                    t -= t0
+                    if prev is not None:
+                        midpoint = 0.5 * (prev_t + t)
+                        while emitted < self.n_frames and emitted / FPS <= midpoint:
+                            yield prev
+                            emitted += 1
+                    if emitted >= self.n_frames:
+                        return
+                    prev, prev_t = self._to_rgb(frame), t
+            except av.error.FFmpegError as e:
+                raise LipsyncInputError(self.path, f"video is truncated or corrupt after {emitted} frames: {e}") \
+                    from None
+        # the last decoded frame covers the rest of its display time; more than a frame missing is truncation
+        while prev is not None and emitted < self.n_frames and emitted / FPS < prev_t + 1.5 / self.src_fps:
+            yield prev
+            emitted += 1
+        if emitted < self.n_frames:
+            raise LipsyncInputError(self.path, f"video is truncated: decoded {emitted} of {self.n_frames} frames")
