@@ -69,7 +69,8 @@ def build_landmarks(cfg: DictConfig, source):
     if not cfg.face.cache:
         return detector
     settings = OmegaConf.to_container(cfg.face.detector, resolve=True)
-    return LandmarkCache(detector, cache_path(LANDMARK_CACHE, source.content_key(), settings))
+    folder = cfg.face.get("cache_dir") or LANDMARK_CACHE
+    return LandmarkCache(detector, cache_path(folder, source.content_key(), settings))
 
 
 def build_unet(cfg: DictConfig) -> LatentSyncUNet:

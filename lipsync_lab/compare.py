@@ -1,5 +1,182 @@
+"""Compare runs: per-stage medians, speed-ups against a baseline, and the drift of the generated output.
+
+    python -m lipsync_lab.compare <sweep or run folders…> [--baseline TEXT] [--out DIR]
+
+One row per run folder (sweep jobs in job order; failed runs listed with their error). The baseline is the first
+run (a sweep's job 0) unless `--baseline` names a substring of another's folder or variant. Speed-ups are the
+baseline's median over the run's median (> 1 = faster), measured in the same sweep. Drift compares the generated
+face crops (`crops.npz`, lossless) frame by frame over the mouth region the model regenerates: mean and max
+|difference| in grey levels and PSNR (inf = identical); 0 / inf for the baseline against itself. The table is
+printed and written beside the runs as comparison.csv and comparison.md. A multirun prints it at its end (the
+`CompareAfterSweep` Hydra callback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 from hydra.experimental.callback import Callback
+
+from lipsync_lab.results import collect_runs, run_index
+from lipsync_lab.timing import TOP_LEVEL
+
+log = logging.getLogger(__name__)
+
+STAGE_COLUMNS = [*TOP_LEVEL[:4], "denoise", "decode", *TOP_LEVEL[4:]]  # read face audio diffusion (…) restore write
+
+
+def load_crops(run_dir: str | os.PathLike) -> dict | None:
+    path = Path(run_dir) / "crops.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as f:
+        return {"frames": f["frames"], "crops": f["crops"], "regenerated": f["regenerated"]}
+
+
+def drift(run: dict | None, base: dict | None) -> dict:
+    """Mean / max |Δ| (grey levels) and PSNR (dB) between two runs' crops over their common frames, inside the
+    regenerated (mouth) region — the rest of a crop is the input's by construction."""
+    empty = dict(drift_frames=0, drift_mean_abs=math.nan, drift_max_abs=math.nan, psnr_db=math.nan)
+    if run is None or base is None or run["crops"].shape[1:] != base["crops"].shape[1:]:
+        return empty
+    common, ia, ib = np.intersect1d(run["frames"], base["frames"], return_indices=True)
+    if not len(common):
+        return empty
+    region = base["regenerated"].astype(bool)
+    a = run["crops"][ia][:, region].astype(np.float64)
+    b = base["crops"][ib][:, region].astype(np.float64)
+    diff = np.abs(a - b)
+    mse = float(np.mean(diff ** 2))
+    return dict(drift_frames=int(len(common)), drift_mean_abs=float(diff.mean()), drift_max_abs=float(diff.max()),
+                psnr_db=math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse))
+
+
+def compare(paths, baseline: str | None = None) -> pd.DataFrame:
+    """The comparison table of the run folders under `paths` (see the module's docstring)."""
+    index = run_index(paths)
+    if index.empty:
+        raise SystemExit(f"no run folders under {paths}")
+    ok = index[index["status"] == "ok"]
+    timings = collect_runs(list(ok["run_dir"])) if len(ok) else pd.DataFrame()
+    steady = timings[~timings["warmup"]] if len(timings) else timings
+    rows = []
+    for run in index.itertuples():
+        row = dict(run=os.path.basename(run.run_dir), variant=run.variant, status=run.status, error=run.error,
+                   run_dir=run.run_dir)
+        if run.status == "ok":
+            record = json.loads((Path(run.run_dir) / "summary.json").read_text())
+            summary = record["summary"]
+            mine = steady[steady["run_dir"] == run.run_dir]
+            if mine.empty:  # every batch was warm-up: the summary says so; use them all
+                mine = timings[timings["run_dir"] == run.run_dir]
+            medians = mine.groupby("stage")["seconds"].median()
+            row.update({k: float(medians.get(k, math.nan)) for k in STAGE_COLUMNS})
+            row.update(total=summary["batch_total_median"], fps=summary["fps"], frames=summary["steady_frames"],
+                       compile_s=summary.get("compile_s"),
+                       graphs_after_warmup=summary.get("graphs_compiled_after_warmup"),
+                       device=record["meta"].get("device"))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    done = table[table["status"] == "ok"]
+    if done.empty:
+        return table
+    if baseline:
+        hits = done[done["run"].str.contains(baseline, regex=False)
+                    | done["variant"].fillna("").str.contains(baseline, regex=False)]
+        if hits.empty:
+            raise SystemExit(f"--baseline {baseline!r} matches no run: {', '.join(done['run'])}")
+        base = hits.iloc[0]
+    else:
+        base = done.iloc[0]
+    table["baseline"] = table["run_dir"] == base["run_dir"]
+    table["speedup"] = base["total"] / table["total"]
+    table["diffusion_speedup"] = base["diffusion"] / table["diffusion"]
+    base_crops = load_crops(base["run_dir"])
+    drifts = [drift(load_crops(r.run_dir), base_crops) if r.status == "ok" else drift(None, None)
+              for r in table.itertuples()]
+    return pd.concat([table, pd.DataFrame(drifts, index=table.index)], axis=1)
+
+
+def _num(value, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return format(value, fmt)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """Markdown: one row per run, stage medians in ms, ratios and drift against the baseline (marked *)."""
+    stages = [k for k in STAGE_COLUMNS if k in table and table[k].notna().any()]
+    head = ["run", *[f"{k} ms" for k in stages], "total ms", "fps", "speed-up", "diffusion speed-up",
+            "compile s", "recompiles", "mean |Δ|", "max |Δ|", "PSNR dB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table.to_dict("records"):
+        name = r["run"] + (" *" if r.get("baseline") else "")
+        if r["status"] != "ok":
+            lines.append("| " + " | ".join([name, f"{r['status']}: {r.get('error') or 'no summary'}"]
+                                            + [""] * (len(head) - 2)) + " |")
+            continue
+        cells = [name, *[_num(1000 * r[k], ".1f") for k in stages], _num(1000 * r["total"], ".1f"),
+                 _num(r["fps"], ".2f"), _num(r.get("speedup"), ".2f"), _num(r.get("diffusion_speedup"), ".2f"),
+                 _num(r.get("compile_s"), ".1f"), _num(r.get("graphs_after_warmup"), ".0f"),
+                 _num(r.get("drift_mean_abs"), ".3f"), _num(r.get("drift_max_abs"), ".0f"),
+                 _num(r.get("psnr_db"), ".1f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    devices = sorted(set(table["device"].dropna())) if "device" in table else []
+    lines.append("")
+    lines.append(f"Steady-state medians per batch; * = baseline (speed-up = its time / the run's); drift over the "
+                 f"regenerated mouth region of the lossless crops. Device: {'; '.join(devices) or 'unknown'}.")
+    return "\n".join(lines)
+
+
+def write_comparison(table: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv, md = out_dir / "comparison.csv", out_dir / "comparison.md"
+    table.to_csv(csv, index=False)
+    md.write_text(format_table(table) + "\n")
+    return csv, md
 
 
 class CompareAfterSweep(Callback):
-    pass
+    """Hydra callback: when a multirun ends, print its comparison table and write it into the sweep folder."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = config.hydra.sweep.dir
+        try:
+            table = compare(sweep_dir)
+            csv, md = write_comparison(table, sweep_dir)
+        except (SystemExit, Exception) as e:  # a report must not turn a finished sweep into a failed command
+            log.warning("comparison of %s failed: %s", sweep_dir, e)
+            return
+        print(format_table(table))
+        print(f"Comparison: {md} and {csv.name}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lipsync_lab.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="sweep or run folders (globs allowed)")
+    parser.add_argument("--baseline", help="a substring of the baseline run's folder name or variant "
+                                           "(default: the first run)")
+    parser.add_argument("--out", help="where comparison.csv/.md go (default: the common folder of the paths)")
+    args = parser.parse_args(argv)
+    table = compare(args.paths, args.baseline)
+    out = args.out or os.path.commonpath([os.path.abspath(p) for p in args.paths])
+    if os.path.isfile(out):
+        out = os.path.dirname(out)
+    csv, md = write_comparison(table, out)
+    print(format_table(table))
+    print(f"Comparison: {md} and {csv.name}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -108,11 +108,12 @@ def write_failed(run_dir: str | os.PathLike, error: BaseException, meta: dict) -
 
 class CropRecorder:
     """Keeps the first `limit` generated face crops of a run (uint8, lossless) in `crops.npz` — `frames` (stream
-    positions) and `crops` (n, res, res, 3) — so variants can be compared on their generated pixels, not on a lossy
-    re-encode of the output video."""
+    positions), `crops` (n, res, res, 3) and `regenerated` (res, res: 1 where the model paints, the mouth) — so
+    variants can be compared on their generated pixels, not on a lossy re-encode of the output video."""
 
-    def __init__(self, limit: int | None):
+    def __init__(self, limit: int | None, regenerated: np.ndarray):
         self.limit = int(limit or 0)
+        self.regenerated = np.asarray(regenerated, np.uint8)
         self.frames: list[int] = []
         self.crops: list[np.ndarray] = []
 
@@ -126,7 +127,7 @@ class CropRecorder:
     def save(self, run_dir: str | os.PathLike) -> None:
         if self.frames:
             np.savez_compressed(Path(run_dir) / "crops.npz", frames=np.asarray(self.frames, np.int64),
-                                crops=np.concatenate(self.crops))
+                                crops=np.concatenate(self.crops), regenerated=self.regenerated)
 
 
 def _expand(paths) -> list[str]:

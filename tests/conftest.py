@@ -58,3 +58,16 @@ def write_video(path, frames, fps=25, audio=None, rate=16000, layout="mono"):
             c.mux(a.encode(af))
             c.mux(a.encode(None))
     return path
+
+
+@pytest.fixture(scope="session")
+def partial_face_clip(tmp_path_factory) -> Path:
+    """10 frames of the embedded demo (a face dlib finds) with frames 5 and 6 blanked (no face), and its speech: in
+    batches of 4, a full batch, a batch where only some frames have a face, and a short last batch."""
+    from lipsync_lab.media.demo import DemoSource
+
+    demo = DemoSource(seconds=0.4, size=256, seed=0)
+    frames = list(demo.frames())
+    for i in (5, 6):
+        frames[i] = np.full_like(frames[i], 90)
+    return write_video(tmp_path_factory.mktemp("clip") / "partial_face.mp4", frames, audio=demo.audio)

@@ -1,0 +1,62 @@
+"""Sweeps end with a comparison table: one row per job, ratios against the baseline job, drift of the generated
+crops; failed runs are listed, not skipped."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from lipsync_lab.compare import compare, format_table
+from lipsync_lab.results import collect_runs, run_index, write_failed
+from test_run import cli
+
+FAST = ["max_frames=8", "batch_frames=4", "steps=1", "sink=none", "print_batches=false"]
+
+
+def test_two_group_multirun_writes_one_folder_per_combination_and_a_comparison(tmp_path):
+    r = cli("-m", "scheduler=dpmpp,ddim", "norm=latentsync,diffusers", *FAST, f"hydra.sweep.dir={tmp_path}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = run_index(tmp_path)
+    assert len(runs) == 4 and (runs["status"] == "ok").all()
+    assert runs["variant"].nunique() == 4  # the variant names tell the four combinations apart
+    table = pd.read_csv(tmp_path / "comparison.csv")
+    assert len(table) == 4 and table["run"].str.startswith(("0_", "1_", "2_", "3_")).all()
+    base = table[table["baseline"]]
+    assert base["run"].tolist() == [runs["run_dir"].map(lambda p: p.rsplit("/", 1)[-1]).iloc[0]]
+    assert base["speedup"].iloc[0] == 1.0 and base["drift_mean_abs"].iloc[0] == 0.0
+    assert math.isinf(base["psnr_db"].iloc[0])
+    others = table[~table["baseline"]]
+    assert (others["speedup"] > 0).all() and others["speedup"].map(math.isfinite).all()
+    # another scheduler or norm paints other mouths: drift is measured, not assumed
+    assert (others["drift_mean_abs"] > 0).all() and (others["drift_frames"] == 8).all()
+    # the ratios are the medians' ratios
+    row = others.iloc[0]
+    assert abs(row["speedup"] - base["total"].iloc[0] / row["total"]) < 1e-9
+    assert "| run |" in r.stdout and "comparison.md" in r.stdout  # printed at the end of the sweep
+    assert (tmp_path / "comparison.md").read_text().startswith("| run |")
+
+
+def test_a_failed_run_is_listed_not_skipped(tmp_path):
+    ok = tmp_path / "0_ok"
+    r = cli(*FAST, f"hydra.run.dir={ok}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    bad = tmp_path / "1_bad"
+    r = cli("source=file", "source.video=/nonexistent/clip.mp4", f"hydra.run.dir={bad}")
+    assert r.returncode == 2
+    runs = run_index(tmp_path).set_index("status")
+    assert set(runs.index) == {"ok", "failed"}
+    assert "/nonexistent/clip.mp4" in runs.loc["failed", "error"]
+    table = compare(tmp_path)
+    assert table["status"].tolist() == ["ok", "failed"]
+    assert "failed: LipsyncInputError: /nonexistent/clip.mp4: video file not found" in format_table(table)
+    # the collector warns about it instead of dropping it silently
+    import pytest
+
+    with pytest.warns(UserWarning, match="1_bad: failed run"):
+        assert collect_runs(tmp_path)["run_dir"].nunique() == 1
+    incomplete = tmp_path / "2_incomplete" / ".hydra"
+    incomplete.mkdir(parents=True)
+    assert run_index(tmp_path)["status"].tolist() == ["ok", "failed", "incomplete"]
+    write_failed(tmp_path / "3_crash", RuntimeError("boom"), {})
+    assert run_index(tmp_path)["error"].iloc[-1] == "RuntimeError: boom"
