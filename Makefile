@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_CPU := torch==2.13.0
 
-.PHONY: install demo test lab clean
+.PHONY: install demo test lab clean gpu-bundle
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: install
 lab: install  # JupyterLab + TensorBoard's profiler plugin for the notebooks and traces
 	$(PY) -m pip install -q -e ".[notebooks,profiling]"
 	$(VENV)/bin/jupyter lab notebooks
+
+gpu-bundle: install  # .whl/ + .cache/landmarks for scripts/gpu_bench.sh on a bare, offline GPU server (README)
+	PY=$(PY) bash scripts/gpu_bundle.sh
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The GPU benchmark in one command, for a bare, offline GPU server (python3 with torch, no diffusers/hydra, no
+# network): from the repository root, with .whl/ and .cache/landmarks carried (prepared here by `make gpu-bundle`),
+#     bash scripts/gpu_bench.sh
+# Runs serially (honest timings), all on the embedded demo (100 frames, landmarks from the cache, no dlib, no PyAV):
+#   0-2  experiment=seed_table: the seed's settings (latentsync_v1, TAESD, dpmpp 3 steps, CFG 1.5, batch 8, fp16)
+#        with compile=none, unet, unet_vae
+#   3    the same, compile=unet_vae compile.mode=reduce-overhead (CUDA graphs)
+#   4    the same, eager, batch_frames=16
+#   5    model=latentsync_v15 vae=kl steps=2 batch_frames=16, eager fp16
+# then prints one comparison table of the six runs (baseline: compile=none). Runs go to results/gpu_bench/<time>/;
+# the table (comparison.md/.csv), the log and a tarball of the runs' timings also go to $OUT/gpu_bench/<time>/
+# when $OUT is set (the device tool's folder of files that come back).
+# Each run is cut off (and listed as incomplete) where it would leave no time for the table within BENCH_BUDGET_S
+# seconds (default 570: the device tool stops a command at 600 s).
+# Smoke mode, to check the sequence on a CPU: BENCH_DEVICE=cpu BENCH_SMOKE=1 bash scripts/gpu_bench.sh
+# (the tiny model in fp32, max_frames=16, steps=1; a few minutes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEVICE=${BENCH_DEVICE:-cuda}
+SMOKE=${BENCH_SMOKE:-0}
+SITE=${BENCH_SITE:-/tmp/site}
+BUDGET=${BENCH_BUDGET_S:-570}
+STAMP=$(date +%Y-%m-%d_%H-%M-%S)
+RUNS=results/gpu_bench/$STAMP
+DEST=${OUT:-results}/gpu_bench/$STAMP   # = RUNS without $OUT
+mkdir -p "$RUNS" "$DEST"
+LOG=$DEST/bench.log
+
+die() { echo "error: $*" >&2; exit 1; }
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+
+main() {
+  local t0 t fails=0
+  t0=$(now)
+  echo "gpu_bench $STAMP: device=$DEVICE smoke=$SMOKE runs=$RUNS table=$DEST"
+  command -v python3 >/dev/null || die "no python3 on PATH"
+  local inductor=${TORCHINDUCTOR_CACHE_DIR:-.cache/inductor}
+  echo "torch.compile's cache ($inductor): $([ -n "$(ls -A "$inductor" 2>/dev/null)" ] && echo "present (warm compiles)" \
+    || echo "empty (cold compiles)")"
+
+  # 1. The wheels the server lacks (diffusers, hydra-core, omegaconf, antlr4, importlib_metadata, lazy-importer),
+  #    installed beside the image's packages; the project runs from this source tree (not installed)
+  compgen -G ".whl/*.whl" >/dev/null || die "no wheels in .whl/: run 'make gpu-bundle' on a machine with network \
+and carry .whl (and .cache/landmarks) with the working tree"
+  compgen -G ".cache/landmarks/*.npz" >/dev/null || die "no landmark cache in .cache/landmarks/: run 'make gpu-bundle' \
+and carry .cache/landmarks (and .whl) with the working tree (dlib's model is not on the server)"
+  t=$(now)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
+    || die "installing .whl/*.whl into $SITE failed"
+  export PYTHONPATH=$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}
+  export PYTHONUNBUFFERED=1
+  echo "wheels installed into $SITE in $(secs "$t" "$(now)") s: $(ls .whl | tr '\n' ' ')"
+  python3 -c "import torch, diffusers, hydra, transformers; print(f'python3 {__import__(\"sys\").version.split()[0]}, \
+torch {torch.__version__}, diffusers {diffusers.__version__}, hydra {hydra.__version__}, transformers \
+{transformers.__version__}, cuda: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}')"
+  if [ "$DEVICE" = cuda ]; then
+    python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null || die "device=cuda but torch sees no GPU"
+  fi
+
+  # the run settings: the seed's on the GPU; the CPU-sized model, 16 frames, 1 step in smoke mode
+  local model=latentsync_v1 precision=fp16 steps=3 v15=latentsync_v15 v15_steps=2 extra=()
+  if [ "$SMOKE" = 1 ]; then
+    model=tiny precision=fp32 steps=1 v15=tiny v15_steps=1 extra=(max_frames=16)
+  fi
+  local common=(device="$DEVICE" sink=none print_batches=false "${extra[@]}")
+  local seed=(model=$model vae=tiny scheduler=dpmpp precision=$precision steps=$steps guidance_scale=1.5
+              batch_frames=8 face.cache=true)
+
+  # 2. The landmark cache must hold every frame the runs stream: then dlib (not on the server) is never loaded
+  python3 - "${extra[@]}" <<'EOF' || die "landmark cache missing or short: run 'make gpu-bundle' and carry .cache/landmarks"
+import sys
+import numpy as np
+from omegaconf import OmegaConf
+from lipsync_lab.build import LANDMARK_CACHE, build_source
+from lipsync_lab.config import compose
+from lipsync_lab.face.cache import cache_path
+
+cfg = compose(["face.cache=true", "device=cpu", *sys.argv[1:]])
+source = build_source(cfg)
+path = cache_path(cfg.face.get("cache_dir") or LANDMARK_CACHE, source.content_key(),
+                  OmegaConf.to_container(cfg.face.detector, resolve=True))
+have = len(np.load(path)["landmarks"]) if path.is_file() else 0
+print(f"landmark cache {path}: {have} frames, the runs need {source.n_frames}")
+sys.exit(have < source.n_frames)
+EOF
+
+  # 3. The runs, one after another; a failed run is listed as failed in the table and the others still run
+  local names=() walls=() states=()
+  step() {
+    local name=$1 t rc=0 left state
+    shift
+    echo
+    echo "=== $name"
+    left=$(awk -v t0="$t0" -v now="$(now)" -v b="$BUDGET" 'BEGIN { printf "%d", b - (now - t0) - 20 }')
+    if [ "$left" -lt 15 ]; then
+      names+=("$name"); walls+=(0); states+=("SKIPPED (BENCH_BUDGET_S=$BUDGET spent)"); fails=$((fails + 1))
+      echo "=== $name: ${states[-1]}"
+      return
+    fi
+    echo "+ python3 $*   (cut off after $left s)"
+    t=$(now)
+    timeout -k 10 "$left" python3 "$@" || rc=$?
+    case $rc in
+      0) state=ok ;;
+      124 | 137) state="TIMED OUT after $left s (BENCH_BUDGET_S=$BUDGET)" ;;
+      *) state="FAILED (exit $rc)" ;;
+    esac
+    names+=("$name"); walls+=("$(secs "$t" "$(now)")"); states+=("$state")
+    [ $rc = 0 ] || fails=$((fails + 1))
+    echo "=== $name: ${walls[-1]} s, ${states[-1]}"
+  }
+  # the sweep and the single runs side by side in $RUNS, numbered 0-5: the table lists them in that order
+  step "0-2 seed_table (compile=none,unet,unet_vae)" -m lipsync_lab experiment=seed_table "${seed[@]}" "${common[@]}" \
+    "hydra.sweep.dir=$RUNS" "hydra.sweep.subdir='\${hydra.job.num}_compile=\${hydra.runtime.choices.compile}'" \
+    '~hydra.callbacks.compare'
+  step "3 unet_vae reduce-overhead" -m lipsync_lab "${seed[@]}" "${common[@]}" compile=unet_vae \
+    compile.mode=reduce-overhead "hydra.run.dir=$RUNS/3_unet_vae_reduce-overhead"
+  step "4 eager, batch 16" -m lipsync_lab "${seed[@]}" "${common[@]}" batch_frames=16 "hydra.run.dir=$RUNS/4_b16"
+  step "5 v1.5 + KL VAE, 2 steps, batch 16" -m lipsync_lab "${seed[@]}" "${common[@]}" model=$v15 vae=kl \
+    steps=$v15_steps batch_frames=16 "hydra.run.dir=$RUNS/5_v15_kl_s2_b16"
+
+  # 4. One table of the six runs
+  echo
+  echo "=== comparison (baseline compile=none)"
+  t=$(now)
+  python3 -m lipsync_lab.compare "$RUNS" --baseline compile=none --out "$RUNS" || fails=$((fails + 1))
+  if [ "$DEST" != "$RUNS" ]; then
+    cp "$RUNS"/comparison.md "$RUNS"/comparison.csv "$DEST"/ 2>/dev/null || true
+    # each run's timings, summary and overrides in one file (the crops stay behind: they are the bulk)
+    tar -czf "$DEST/runs.tar.gz" -C "$RUNS" --exclude=crops.npz . || true
+  fi
+  echo
+  echo "Wall time per step:"
+  local i
+  for i in "${!names[@]}"; do printf "  %-44s %8s s  %s\n" "${names[$i]}" "${walls[$i]}" "${states[$i]}"; done
+  printf "  %-44s %8s s\n" "total (install, checks, runs, table)" "$(secs "$t0" "$(now)")"
+  echo "Runs: $RUNS; table: $DEST/comparison.md"
+  [ "$fails" = 0 ] || die "$fails step(s) failed (see above)"
+}
+
+main "$@" 2>&1 | tee "$LOG"
