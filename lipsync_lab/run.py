@@ -103,7 +103,7 @@ def _run(cfg: DictConfig, run_dir: Path, state: dict) -> dict:
                  "and are left out of the summary", cfg.warmup_batches)
 
     # 3. Stream: source → executor → sink, every stage of every batch timed
-    crops = CropRecorder(cfg.save_crops, regenerated=pipeline.diffusion.mask[0, 0].cpu().numpy() == 0)
+    crops = CropRecorder(cfg.save_crops, regenerated=(pipeline.diffusion.mask[0, 0] == 0).cpu().numpy())
     graphs = {"after_warmup": graphs_compiled() if compiled and not cfg.warmup_batches else None}
 
     def on_batch(index, result):
