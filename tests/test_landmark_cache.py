@@ -69,3 +69,19 @@ def test_fully_cached_clip_runs_without_dlib(partial_face_clip, tmp_path, monkey
     assert read == [4, 4, 2]
     with pytest.raises(ModuleNotFoundError):  # and without the cache the same run needs dlib
         run(compose(["source=file", f"source.video={clip}", *FAST]), tmp_path / "c")
+
+
+def test_a_sweep_fills_the_cache_before_its_first_job(tmp_path):
+    """Every job of a sweep reads the landmarks (none pays the one-off detection the others skip): the comparison's
+    speed-ups stay about the axis swept."""
+    from lipsync_lab.results import run_index
+    from test_run import cli
+
+    r = cli("-m", "steps=1,2", "max_frames=8", "batch_frames=4", "sink=none", "print_batches=false", "face.cache=true",
+            f"face.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "8 frames computed before the sweep" in r.stdout + r.stderr
+    runs = run_index(tmp_path / "sweep")
+    for folder in runs["run_dir"]:
+        face = pd.read_parquet(f"{folder}/timings.parquet").query("stage == 'face'")
+        assert face["landmarks_cached"].sum() == 8
