@@ -17,9 +17,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lipsync_lab.audio.features import StreamingAudioFeatures
-from lipsync_lab.paths import CACHE_DIR
-from lipsync_lab.diffusion.denoise import LipsyncDiffusion
 from lipsync_lab.diffusion import unet as unet_module
+from lipsync_lab.diffusion.denoise import LipsyncDiffusion
 from lipsync_lab.diffusion.unet import LatentSyncUNet
 from lipsync_lab.diffusion.vae import LatentVAE
 from lipsync_lab.errors import LipsyncInputError
@@ -27,6 +26,7 @@ from lipsync_lab.face.align import FaceAligner
 from lipsync_lab.face.cache import LandmarkCache, cache_path
 from lipsync_lab.face.mask import mouth_mask
 from lipsync_lab.optimize import optimize
+from lipsync_lab.paths import CACHE_DIR
 from lipsync_lab.pipeline import LipsyncPipeline
 
 log = logging.getLogger(__name__)
