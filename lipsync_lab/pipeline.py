@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from lipsync_lab.audio.features import StreamingAudioFeatures
 from lipsync_lab.diffusion.denoise import LipsyncDiffusion
@@ -21,7 +22,7 @@ from lipsync_lab.timing import DIFFUSION_SUBSTAGES, BatchTimer
 @dataclass
 class BatchResult:
     frames: list[np.ndarray]        # the output frames, in order (what the sink writes)
-    faces: np.ndarray | None        # (k, res, res, 3) generated face crops, lossless (drift comparisons)
+    faces: np.ndarray | torch.Tensor | None  # (k, res, res, 3) uint8 generated face crops (drift comparisons)
     face_indices: list[int]         # the stream positions of those k frames
 
 
@@ -30,39 +31,40 @@ class LipsyncPipeline:
         self.aligner = aligner
         self.audio = audio
         self.diffusion = diffusion
-        self.restore = restore  # a `restore` option: (frame, face, matrix) → frame with the face pasted back
+        # a `restore` option: (frames, faces (k, res, res, 3) uint8, matrices) → the frames with the faces pasted
+        self.restore = restore
 
     def __call__(self, batch: Batch, timer: BatchTimer) -> BatchResult:
-        # 1. Facial preprocessing: landmarks → similarity → aligned crop (None = no face, pass through)
+        # 1. Facial preprocessing: landmarks → similarity → aligned crops of the frames with a face
         read_before = self.aligner.detector.hits
         with timer.stage("face"):
-            aligned = [self.aligner(frame, index) for frame, index in zip(batch.frames, batch.frame_indices)]
-        with_face = [i for i, a in enumerate(aligned) if a is not None]
-        timer.face_frames = len(with_face)
+            faces = self.aligner(batch.frames, batch.frame_indices)
+        timer.face_frames = len(faces.indices)
         timer.landmarks_cached = self.aligner.detector.hits - read_before
+        positions = [batch.start + i for i in faces.indices]
 
-        # 2. Audio feature preparation: the stream's audio so far → (N, 50, 384) windows for this batch's frames
+        # 2. Audio feature preparation: the stream's audio so far → (k, 50, 384) windows for those frames
         with timer.stage("audio"):
             self.audio.push(batch.new_audio, end=batch.audio_ended)
-            frames = [batch.start + i for i in with_face]
-            features = self.audio.features(frames) if frames else None
+            features = self.audio.features(positions) if positions else None
 
-        # 3. Diffusion inference (eight sub-stages, timed inside)
+        # 3. Diffusion inference (eight sub-stages, timed inside); the new faces stay where the model ran
         mouths = None
-        if with_face:
+        if positions:
             with timer.stage("diffusion"):
-                faces = np.stack([aligned[i].face for i in with_face])
-                mouths = self.diffusion(faces, features, timer)
+                mouths = self.diffusion(faces.crops, features, timer)
         else:
             for key in ["diffusion", *DIFFUSION_SUBSTAGES]:
                 timer.skip(key)
 
-        # 4. Face postprocessing: paste each new face back into its frame (ROI only)
+        # 4. Face postprocessing: paste each new face back into its frame (ROI only); the others pass through
         with timer.stage("restore"):
             out = list(batch.frames)
-            for j, i in enumerate(with_face):
-                out[i] = self.restore(batch.frames[i], mouths[j], aligned[i].matrix)
-        return BatchResult(out, mouths, [batch.start + i for i in with_face])
+            if positions:
+                pasted = self.restore([batch.frames[i] for i in faces.indices], mouths, faces.matrices)
+                for i, frame in zip(faces.indices, pasted):
+                    out[i] = frame
+        return BatchResult(out, mouths, positions)
 
     def close(self) -> None:
         """After the stream (also a failed one): what the stages keep for later runs is written (landmark cache)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from lipsync_lab.media.source import FPS
 from lipsync_lab.timing import LABELS, STAGES, STEP_STAGE
@@ -122,7 +123,8 @@ class CropRecorder:
         if crops is None or room <= 0:
             return
         self.frames += list(frames[:room])
-        self.crops.append(np.asarray(crops[:room]))
+        crops = crops[:room]
+        self.crops.append(crops.cpu().numpy() if torch.is_tensor(crops) else np.asarray(crops))
 
     def save(self, run_dir: str | os.PathLike) -> None:
         if self.frames:

@@ -29,21 +29,28 @@ def test_similarity_recovers_a_known_transform():
     np.testing.assert_allclose(m[:, 2], shift, atol=1e-7)
 
 
+def align(aligner, frame):
+    """One frame through the batch aligner: (crop, matrix, landmarks), or None without a face."""
+    faces = aligner([frame], [0])
+    return (faces.crops[0], faces.matrices[0], faces.landmarks[0]) if faces.indices else None
+
+
 def test_real_face_lands_on_the_template(aligner, real_frames):
-    a = aligner(real_frames[0])
+    a = align(aligner, real_frames[0])
     assert a is not None, "dlib found no face in the demo clip's first frame"
-    assert a.face.shape == (256, 256, 3) and a.face.dtype == np.uint8
+    face, matrix, landmarks = a
+    assert face.shape == (256, 256, 3) and face.dtype == np.uint8
     # the three anchors map close to LatentSync's template, resized from the 210x280 crop to 256²
-    mapped = np.c_[anchors(a.landmarks), np.ones(3)] @ a.matrix.T
+    mapped = np.c_[anchors(landmarks), np.ones(3)] @ matrix.T
     template = np.array([[17, 20], [58, 20], [37.5, 40]]) * 2.8 * [256 / 210, 256 / 280]
     assert np.abs(mapped - template).max() < 12.0  # a similarity fits 3 points only approximately
 
 
 def test_align_restore_round_trip_on_real_frame(aligner, real_frames):
     frame = real_frames[0]
-    a = aligner(frame)
-    out = restore_cv2(frame, a.face, a.matrix)
-    x0, y0, x1, y1 = roi_box(a.matrix, 256, frame.shape)
+    face, matrix, _ = align(aligner, frame)
+    out = restore_cv2(frame, face, matrix)
+    x0, y0, x1, y1 = roi_box(matrix, 256, frame.shape)
     assert 0 < x1 - x0 < frame.shape[1] / 2 and 0 < y1 - y0 < frame.shape[0] / 2  # ROI-limited
     outside = np.ones(frame.shape[:2], bool)
     outside[y0:y1, x0:x1] = False
@@ -55,16 +62,16 @@ def test_align_restore_round_trip_on_real_frame(aligner, real_frames):
 
 def test_restore_pastes_a_new_face_inside_the_box(aligner, real_frames):
     frame = real_frames[0]
-    a = aligner(frame)
-    out = restore_cv2(frame, np.zeros_like(a.face), a.matrix)  # a black face must show up in the frame
-    x0, y0, x1, y1 = roi_box(a.matrix, 256, frame.shape)
+    face, matrix, _ = align(aligner, frame)
+    out = restore_cv2(frame, np.zeros_like(face), matrix)  # a black face must show up in the frame
+    x0, y0, x1, y1 = roi_box(matrix, 256, frame.shape)
     centre = out[(y0 + y1) // 2 - 5:(y0 + y1) // 2 + 5, (x0 + x1) // 2 - 5:(x0 + x1) // 2 + 5]
     assert centre.max() == 0
 
 
 def test_no_face_gives_none(aligner):
     blank = np.full((360, 640, 3), 90, np.uint8)
-    assert aligner(blank) is None
+    assert align(aligner, blank) is None
 
 
 def test_procedural_mask_matches_latentsync_png():
@@ -85,5 +92,5 @@ def test_mask_polarity_is_keep_one_regenerate_zero():
 
 
 def test_alignment_matrix_scales_with_resolution(real_frames, aligner):
-    lmk = aligner(real_frames[0]).landmarks
+    lmk = align(aligner, real_frames[0])[2]
     np.testing.assert_allclose(alignment_matrix(lmk, 512), 2 * alignment_matrix(lmk, 256), rtol=1e-9)

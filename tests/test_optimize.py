@@ -29,7 +29,7 @@ def generate(overrides: tuple, frames=3):
     rng = np.random.default_rng(0)
     faces = rng.integers(0, 256, (frames, 256, 256, 3), dtype=np.uint8)
     audio = torch.from_numpy(rng.standard_normal((frames, 50, 384), dtype=np.float32))
-    return diffusion, diffusion(faces, audio, BatchTimer(0, frames, warmup=False))
+    return diffusion, diffusion(faces, audio, BatchTimer(0, frames, warmup=False)).numpy()
 
 
 @pytest.mark.parametrize("model", [[], SMALL_V15], ids=["tiny", "v15-small"])

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 # anchors (left brow, right brow, nose) in the 256-px template, and the crop they sit in (reference §2.2)
 _TEMPLATE_256 = np.array([[17.0, 20.0], [58.0, 20.0], [37.5, 40.0]]) * 2.8
@@ -43,13 +44,6 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([sr, (c2 - sr @ c1)[:, None]])
 
 
-@dataclass
-class Alignment:
-    face: np.ndarray          # (res, res, 3) uint8 RGB aligned crop
-    matrix: np.ndarray        # 2×3, frame pixel → crop pixel
-    landmarks: np.ndarray     # (68, 2) in frame pixels
-
-
 def alignment_matrix(landmarks68: np.ndarray, resolution: int = 256) -> np.ndarray:
     """Frame → res×res crop: the template similarity followed by the 210×280 → res² resize."""
     m = similarity_transform(anchors(landmarks68), _TEMPLATE_256 * (resolution / 256))
@@ -63,22 +57,39 @@ def warp_face(frame: np.ndarray, matrix: np.ndarray, resolution: int) -> np.ndar
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(GREY, GREY, GREY))
 
 
-class FaceAligner:
-    """Frame → Alignment (or None when no face is found): landmarks from `detector(frame, index)` (a landmark
-    detector, or the landmark cache around one), the crop from `warp(frame, matrix, resolution)` (an `align`
-    option)."""
+def warp_faces_cv2(frames: list[np.ndarray], matrices: list[np.ndarray], resolution: int) -> np.ndarray:
+    """The `align=cv2` option: each face's crop by one Lanczos warp on the CPU → (k, res, res, 3) uint8."""
+    return np.stack([warp_face(f, m, resolution) for f, m in zip(frames, matrices)])
 
-    def __init__(self, detector, resolution: int = 256, warp=warp_face):
+
+@dataclass
+class FaceBatch:
+    """The faces of one batch: which frames have one, their frame → crop matrices and landmarks, and the aligned
+    crops (k, res, res, 3) uint8 — a host array, or a device tensor when the `align` option runs on the device."""
+
+    indices: list[int]              # positions in the batch of the frames with a face
+    matrices: list[np.ndarray]      # 2×3, frame pixel → crop pixel
+    landmarks: list[np.ndarray]     # (68, 2) in frame pixels
+    crops: np.ndarray | torch.Tensor | None
+
+
+class FaceAligner:
+    """Frames → FaceBatch: landmarks from `detector(frame, index)` (a landmark detector, or the landmark cache around
+    one), one similarity per face, then the crops of the whole batch from `warp(frames, matrices, resolution)` (an
+    `align` option)."""
+
+    def __init__(self, detector, resolution: int = 256, warp=warp_faces_cv2):
         self.detector = detector
         self.resolution = int(resolution)
         self.warp = warp
 
-    def __call__(self, frame: np.ndarray, index: int | None = None) -> Alignment | None:
-        lmk = self.detector(frame, index)
-        if lmk is None:
-            return None
-        m = alignment_matrix(lmk, self.resolution)
-        return Alignment(self.warp(frame, m, self.resolution), m, lmk)
+    def __call__(self, frames: list[np.ndarray], indices: list[int]) -> FaceBatch:
+        found = [(i, lmk) for i, (frame, index) in enumerate(zip(frames, indices))
+                 if (lmk := self.detector(frame, index)) is not None]
+        with_face = [i for i, _ in found]
+        matrices = [alignment_matrix(lmk, self.resolution) for _, lmk in found]
+        crops = self.warp([frames[i] for i in with_face], matrices, self.resolution) if found else None
+        return FaceBatch(with_face, matrices, [lmk for _, lmk in found], crops)
 
     def close(self) -> None:
         self.detector.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 
 
 def roi_box(matrix: np.ndarray, resolution: int, frame_shape: tuple[int, int], pad: int = 2):
@@ -49,3 +50,10 @@ def restore_cv2(frame: np.ndarray, face: np.ndarray, matrix: np.ndarray) -> np.n
     blended = soft * (mask[..., None] * warped) + (1 - soft) * roi
     out[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     return out
+
+
+def restore_faces_cv2(frames: list[np.ndarray], faces, matrices: list[np.ndarray]) -> list[np.ndarray]:
+    """The `restore=cv2` option: each generated face (k, res, res, 3) uint8 — host array or device tensor, brought
+    to the host here — pasted back into its frame by `restore_cv2`."""
+    faces = faces.cpu().numpy() if isinstance(faces, torch.Tensor) else faces
+    return [restore_cv2(f, face, m) for f, face, m in zip(frames, faces, matrices)]
