@@ -103,11 +103,20 @@ def build_diffusion(cfg: DictConfig, device: torch.device = torch.device("cpu"),
         static_shapes=cfg.compile.static_shapes, device=device, dtype=dtype, seed=cfg.seed)
 
 
+def build_audio_front_end(cfg: DictConfig, device: torch.device, dtype: torch.dtype):
+    """The `audio` option: its encoder, and the front end that decides which window of the stream it encodes."""
+    encoder = make(cfg.audio.encoder, seed=cfg.seed, device=device, dtype=dtype)
+    if cfg.model.checkpoint and not encoder.latentsync_layout and not cfg.audio.get("allow_official_unet"):
+        raise LipsyncInputError("audio", f"the {type(encoder).__name__} features are not the 5-layer stack "
+                                         f"LatentSync's UNet was trained on, and model.checkpoint is an official UNet:"
+                                         f" pass +audio.allow_official_unet=true to combine them anyway")
+    return make(cfg.audio.front_end, encoder=encoder)
+
+
 def build_pipeline(cfg: DictConfig, source, device: torch.device, dtype: torch.dtype) -> LipsyncPipeline:
     diffusion = build_diffusion(cfg, device, dtype)
-    encoder = make(cfg.audio.encoder, seed=cfg.seed).to(device, dtype)
-    audio = StreamingAudioFeatures(encoder, cfg.audio.left_context_s)
-    aligner = FaceAligner(build_landmarks(cfg, source), cfg.model.resolution, make(cfg.align))
+    audio = StreamingAudioFeatures(build_audio_front_end(cfg, device, dtype), device)
+    aligner = FaceAligner(build_landmarks(cfg, source), cfg.model.resolution, make(cfg.align), cfg.face.nose_bias)
     return LipsyncPipeline(aligner, audio, diffusion, make(cfg.restore))
 
 

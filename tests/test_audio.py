@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lipsync_lab.audio.features import (StreamingAudioFeatures, cosine_drift, lookahead_frames,
-                                        offline_features)
+from lipsync_lab.audio.features import (ContextWindow, SegmentAligned, SlidingWindow, StreamingAudioFeatures,
+                                        cosine_drift, lookahead_frames, offline_features)
 from lipsync_lab.audio.whisper import SAMPLES_PER_STEP, LogMel, WhisperFeatures
 from lipsync_lab.media.demo import speech_like_audio
 from lipsync_lab.media.source import SAMPLES_PER_FRAME
@@ -15,7 +15,7 @@ from lipsync_lab.media.source import SAMPLES_PER_FRAME
 N_FRAMES = 100
 
 
-def position_encoder(samples: np.ndarray) -> torch.Tensor:
+def position_encoder(samples: np.ndarray, start_step: int = 0) -> torch.Tensor:
     """Stand-in encoder: step j of its window outputs the value of the window's sample 320·j. Fed a ramp whose
     sample k has value k, every output row is the absolute sample position it came from — any shift shows."""
     n = len(samples) // SAMPLES_PER_STEP
@@ -23,8 +23,8 @@ def position_encoder(samples: np.ndarray) -> torch.Tensor:
     return pos[:, None, None].expand(n, 5, 3)
 
 
-def stream(encoder, audio, n_frames, batch, left_context_s, lookahead_s):
-    s = StreamingAudioFeatures(encoder, left_context_s)
+def stream(front_end, audio, n_frames, batch, lookahead_s=0.1):
+    s = StreamingAudioFeatures(front_end)
     ahead = lookahead_frames(lookahead_s)
     pushed, out = 0, []
     for start in range(0, n_frames, batch):
@@ -53,7 +53,7 @@ def test_frame_to_step_mapping_in_absolute_time(mode):
         feats = offline_features(position_encoder, ramp, frames)
     else:
         left = 0.3 if mode == "stream_short_context" else None
-        feats = stream(position_encoder, ramp, N_FRAMES, 8, left, 0.1)
+        feats = stream(ContextWindow(position_encoder, left), ramp, N_FRAMES, 8)
     assert feats.shape == (N_FRAMES, 50, 3)
     for frame, steps in EXPECTED_STEPS.items():
         got = feats[frame, :, 0].reshape(10, 5)[:, 0]  # (10 steps × 5 layers) → the steps
@@ -61,7 +61,7 @@ def test_frame_to_step_mapping_in_absolute_time(mode):
 
 
 def test_stream_waits_for_its_look_ahead():
-    s = StreamingAudioFeatures(position_encoder, 1.0)
+    s = StreamingAudioFeatures(ContextWindow(position_encoder, 1.0))
     s.push(np.arange(8 * SAMPLES_PER_FRAME, dtype=np.float64))  # audio of frames 0–7 only
     with pytest.raises(RuntimeError, match="not received"):
         s.features(list(range(8)))  # frame 7 needs steps up to 19 = audio of frame 9
@@ -86,29 +86,56 @@ def test_whisper_stack_shape(whisper, speech):
     assert all(not torch.allclose(feats[:, i], feats[:, i + 1]) for i in range(4))
 
 
-def test_stream_with_whole_clip_up_front_equals_offline(whisper, speech):
-    frames = list(range(N_FRAMES))
-    offline = offline_features(whisper, speech, frames)
-    s = StreamingAudioFeatures(whisper, left_context_s=None)
-    s.push(speech, end=True)
-    streamed = torch.cat([s.features(frames[i:i + 8]) for i in range(0, N_FRAMES, 8)])
-    assert torch.equal(streamed, offline)
+@pytest.fixture(scope="module")
+def long_speech():
+    """34 s: across one of upstream's 30-s segment boundaries."""
+    return speech_like_audio(34.0, seed=4)
+
+
+def up_front(front_end, audio, batch=8):
+    """The whole clip pushed before the first batch (offline conditions), then streamed batch by batch."""
+    s = StreamingAudioFeatures(front_end)
+    s.push(audio, end=True)
+    n = len(audio) // SAMPLES_PER_FRAME
+    return torch.cat([s.features(list(range(i, min(n, i + batch)))) for i in range(0, n, batch)])
+
+
+def test_exact_stream_with_whole_clip_up_front_equals_offline(whisper, long_speech):
+    """audio=whisper: with all the audio there, segment-aligned windows, absolute positions and the running log-mel
+    max give upstream's offline features — across the 30-s boundary too."""
+    frames = list(range(len(long_speech) // SAMPLES_PER_FRAME))
+    offline = offline_features(whisper, long_speech, frames)
+    torch.testing.assert_close(up_front(SegmentAligned(whisper), long_speech), offline, rtol=1e-5, atol=1e-5)
+
+
+def test_a_window_covering_the_whole_clip_equals_whisper(whisper, speech):
+    """audio=whisper_window with a 30-s window is the exact path on a clip shorter than 30 s."""
+    offline = offline_features(whisper, speech, list(range(N_FRAMES)))
+    torch.testing.assert_close(up_front(SlidingWindow(whisper, window_s=30.0), speech), offline, rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_true_streaming_drift_is_measured(whisper, speech, capsys):
+    """Batches of 8 with 0.1 s of look-ahead, the audio arriving with the frames: each option's per-frame cosine to
+    the offline features, reported; the exact option's windows see all the audio the segment has so far, the cheap
+    one 2 s."""
     frames = list(range(N_FRAMES))
     offline = offline_features(whisper, speech, frames)
     report = {}
-    for left in (0.5, 2.0):
-        cos = cosine_drift(stream(whisper, speech, N_FRAMES, 8, left, 0.1), offline)
+    for name, front_end in (("whisper (segment-aligned)", SegmentAligned(whisper)),
+                            ("whisper_window 2 s", SlidingWindow(whisper, window_s=2.0)),
+                            ("whisper_window 2 s, segment positions", SlidingWindow(whisper, 2.0, positions="segment"))):
+        cos = cosine_drift(stream(front_end, speech, N_FRAMES, 8), offline)
         assert cos.shape == (N_FRAMES,) and np.isfinite(cos).all()
-        report[left] = cos
+        report[name] = cos
     # a true stream sees less audio than the offline pass: its features cannot all be identical
     assert min(c.min() for c in report.values()) < 0.999
+    # the exact option's only differences are unseen future audio and the running max: close to offline
+    assert np.median(report["whisper (segment-aligned)"]) > 0.9
     with capsys.disabled():
-        for left, cos in report.items():
-            print(f"\n[audio drift] left context {left} s: per-frame cosine to offline min {cos.min():.3f} "
-                  f"median {np.median(cos):.3f} mean {cos.mean():.3f} (random whisper weights)")
+        for name, cos in report.items():
+            print(f"\n[audio drift] {name}: per-frame cosine to offline min {cos.min():.3f} median {np.median(cos):.3f} "
+                  f"mean {cos.mean():.3f} (random whisper weights, 4 s)")
 
 
 def test_log_mel_matches_transformers_feature_extractor(speech):

@@ -94,3 +94,34 @@ def test_mask_polarity_is_keep_one_regenerate_zero():
 def test_alignment_matrix_scales_with_resolution(real_frames, aligner):
     lmk = align(aligner, real_frames[0])[2]
     np.testing.assert_allclose(alignment_matrix(lmk, 512), 2 * alignment_matrix(lmk, 256), rtol=1e-9)
+
+
+def landmarks_with_anchors(brow_left, brow_right, nose) -> np.ndarray:
+    """68 points whose three anchors (mean of 17–21, 22–26, 27–35) are the given points."""
+    lmk = np.zeros((68, 2))
+    lmk[17:22], lmk[22:27], lmk[27:36] = brow_left, brow_right, nose
+    return lmk
+
+
+def test_nose_bias_is_latentsyncs_smoothing_by_hand():
+    """LatentSync aligns with smooth=True: bias = the nose anchor of the normalised template minus that of the
+    normalised face (each set centred, divided by its standard deviation over all coordinates), averaged over
+    frames as 0.2·previous + 0.8·current, added to the similarity's translation (template pixels, before the
+    210×280 → 256² resize)."""
+    # template (×2.8 cancels): centred [[-20.5, -6.667], [20.5, -6.667], [0, 13.333]], std sqrt(1107.17 / 6)
+    # face 1 [[0,0],[40,0],[20,30]]: centred [[-20,-10],[20,-10],[0,20]], std sqrt(1400 / 6)
+    # face 2 [[0,0],[40,0],[20,25]]: centred [[-20,-8.333],[20,-8.333],[0,16.667]], std sqrt(1216.67 / 6)
+    nose_t = (40 / 3) / np.sqrt((2 * 20.5 ** 2 + 2 * (20 / 3) ** 2 + (40 / 3) ** 2) / 6)
+    residual_1 = nose_t - 20 / np.sqrt(1400 / 6)
+    residual_2 = nose_t - (50 / 3) / np.sqrt((800 + 2 * (25 / 3) ** 2 + (50 / 3) ** 2) / 6)
+    bias_1, bias_2 = residual_1, 0.2 * residual_1 + 0.8 * residual_2
+    assert abs(residual_1 + 0.32776) < 1e-4 and abs(bias_2 + 0.21664) < 1e-4  # the figures worked out above
+
+    faces = [landmarks_with_anchors([0, 0], [40, 0], [20, 30]), landmarks_with_anchors([0, 0], [40, 0], [20, 25])]
+    smoothing = FaceAligner(None, 256, nose_bias=True)
+    resize = np.diag([256 / 210, 256 / 280])
+    for lmk, bias in zip(faces, (bias_1, bias_2)):
+        expected = alignment_matrix(lmk, 256) + np.c_[np.zeros((2, 2)), resize @ [0.0, bias]]
+        np.testing.assert_allclose(smoothing.matrix(lmk), expected, atol=1e-12)
+    plain = FaceAligner(None, 256, nose_bias=False)
+    np.testing.assert_allclose(plain.matrix(faces[1]), alignment_matrix(faces[1], 256), atol=0)

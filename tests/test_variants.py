@@ -39,7 +39,7 @@ def test_every_option_composes_and_renames_the_variant(group, option):
 @pytest.mark.parametrize("override", ["compile.mode=reduce-overhead", "compile.fullgraph=true",
                                       "optimize.channels_last=true", "optimize.fuse_qkv=true", "steps=7",
                                       "guidance_scale=2.0", "batch_frames=16", "model.checkpoint=/x/unet.pt",
-                                      "audio.left_context_s=1.0", "face.detector.detect_size=320"])
+                                      "audio.lookahead_s=0.2", "face.detector.detect_size=320"])
 def test_a_key_set_on_the_command_line_renames_the_variant(override):
     assert compose([override]).variant != compose().variant
 

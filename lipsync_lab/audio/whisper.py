@@ -30,8 +30,9 @@ WINDOW_FRAMES = 3000      # whisper's fixed 30 s window, in mel frames
 
 
 class LogMel(torch.nn.Module):
-    """Whisper's log-mel front end: |STFT|² (Hann 400, hop 160, last frame dropped) → 80 Slaney mels → log10,
-    clamp to max−8, (x+4)/4, with the max over the given chunk."""
+    """Whisper's log-mel front end: |STFT|² (Hann 400, hop 160, centred with reflect padding, last frame dropped)
+    → 80 Slaney mels → log10, then normalised: clamp to max−8, (x+4)/4. Offline (`forward`) the max is the chunk's
+    own, as upstream takes it over the whole clip; a stream passes its running max to `normalize`."""
 
     def __init__(self):
         super().__init__()
@@ -41,20 +42,29 @@ class LogMel(torch.nn.Module):
         self.register_buffer("filters", torch.from_numpy(fb.T.astype(np.float32)), persistent=False)
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+    def log_mel(self, audio: torch.Tensor) -> torch.Tensor:
+        """(n,) samples → (80, n // 160) log10 mel powers, not yet normalised."""
         # always fp32, whatever dtype the module was cast to: log10 of powers down to 1e-10 needs the range
         stft = torch.stft(audio.float(), N_FFT, HOP, window=self.window.float(), return_complex=True)
         power = stft[..., :-1].abs() ** 2
-        logmel = torch.clamp(self.filters.float() @ power, min=1e-10).log10()
-        logmel = torch.maximum(logmel, logmel.max() - 8.0)
-        return (logmel + 4.0) / 4.0
+        return torch.clamp(self.filters.float() @ power, min=1e-10).log10()
+
+    @staticmethod
+    def normalize(logmel: torch.Tensor, max_value) -> torch.Tensor:
+        return (torch.maximum(logmel, torch.as_tensor(max_value, dtype=logmel.dtype) - 8.0) + 4.0) / 4.0
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        logmel = self.log_mel(audio)
+        return self.normalize(logmel, logmel.max())
 
 
 class WhisperFeatures(torch.nn.Module):
-    """samples (16 kHz mono) → (T50, 5, 384) with T50 = len(samples) // 320."""
+    """samples (16 kHz mono) → (T50, 5, 384) with T50 = len(samples) // 320 (offline, upstream's way); `encode`
+    runs the encoder on one normalised log-mel window (what the streaming front ends call)."""
 
     layers_out = 5
     dim = 384
+    latentsync_layout = True  # the stem + 4 blocks, before ln_post: what LatentSync's UNets were trained on
 
     def __init__(self, encoder: WhisperEncoder):
         super().__init__()
@@ -62,18 +72,22 @@ class WhisperFeatures(torch.nn.Module):
         self.mel = LogMel()
 
     @classmethod
-    def build(cls, checkpoint: str | None = None, seed: int = 0) -> "WhisperFeatures":
+    def build(cls, checkpoint: str | None = None, seed: int = 0, device="cpu",
+              dtype: torch.dtype = torch.float32) -> "WhisperFeatures":
         if checkpoint:
-            return cls(load_whisper_encoder(checkpoint))
-        torch.manual_seed(seed)
-        return cls(WhisperEncoder(WhisperConfig(**TINY)))
+            model = cls(load_whisper_encoder(checkpoint))
+        else:
+            torch.manual_seed(seed)
+            model = cls(WhisperEncoder(WhisperConfig(**TINY)))
+        return model.to(device, dtype)
 
-    def stack(self, mel: torch.Tensor) -> torch.Tensor:
-        """mel (B, 80, 3000) → (B, 1500, 5, 384): stem output and each block's output, before the final LN."""
+    def stack(self, mel: torch.Tensor, position_offset: int = 0) -> torch.Tensor:
+        """mel (B, 80, n) → (B, n // 2, 5, 384): stem output and each block's output, before the final LN; encoder
+        step j gets positional embedding `position_offset + j`."""
         enc = self.encoder
         x = F.gelu(enc.conv1(mel))
         x = F.gelu(enc.conv2(x)).transpose(1, 2)
-        x = x + enc.embed_positions.weight[: x.shape[1]]
+        x = x + enc.embed_positions.weight[position_offset:position_offset + x.shape[1]]
         outs = [x]
         for layer in enc.layers:
             x = layer(x, None)
@@ -82,17 +96,24 @@ class WhisperFeatures(torch.nn.Module):
         return torch.stack(outs, dim=2)
 
     @torch.no_grad()
+    def encode(self, mel: torch.Tensor, pad_to: int | None = WINDOW_FRAMES, position_offset: int = 0) -> torch.Tensor:
+        """One normalised log-mel window (80, n) → (n // 2, 5, 384). Zero-padded to `pad_to` mel frames first, as
+        upstream pads each 30-s segment (the encoder then attends over the padding too); positions start at
+        `position_offset`."""
+        param = next(self.encoder.parameters())
+        n = mel.shape[-1]
+        if pad_to is not None:
+            mel = F.pad(mel, (0, pad_to - n))
+        return self.stack(mel[None].to(param.device, param.dtype), position_offset)[0, : n // 2]
+
+    @torch.no_grad()
     def forward(self, samples: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Upstream's offline features of a whole clip: log-mel normalised over the clip, cut into independent 30-s
+        segments, each zero-padded to 30 s and encoded, trimmed back and concatenated."""
         param = next(self.encoder.parameters())
         audio = torch.as_tensor(np.asarray(samples, np.float32)).to(param.device)
         n_steps = audio.shape[-1] // SAMPLES_PER_STEP
         mel = self.mel(audio)  # (80, n_mel), n_mel = len // 160
-        n_mel = mel.shape[-1]
-        segments, lengths = [], []
-        for seek in range(0, n_mel, WINDOW_FRAMES):
-            seg = mel[:, seek:seek + WINDOW_FRAMES]
-            lengths.append(seg.shape[-1] // 2)
-            segments.append(F.pad(seg, (0, WINDOW_FRAMES - seg.shape[-1])))
-        feats = self.stack(torch.stack(segments).to(param.dtype))
-        out = torch.cat([f[:n] for f, n in zip(feats, lengths)])
+        out = torch.cat([self.encode(mel[:, seek:seek + WINDOW_FRAMES])
+                         for seek in range(0, mel.shape[-1], WINDOW_FRAMES)])
         return out[:n_steps]

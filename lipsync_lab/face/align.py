@@ -44,9 +44,27 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([sr, (c2 - sr @ c1)[:, None]])
 
 
-def alignment_matrix(landmarks68: np.ndarray, resolution: int = 256) -> np.ndarray:
-    """Frame → res×res crop: the template similarity followed by the 210×280 → res² resize."""
-    m = similarity_transform(anchors(landmarks68), _TEMPLATE_256 * (resolution / 256))
+def template(resolution: int = 256) -> np.ndarray:
+    return _TEMPLATE_256 * (resolution / 256)
+
+
+def nose_residual(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """LatentSync's smoothing bias before its average: the nose anchor's offset between the two point sets, each
+    centred and divided by its standard deviation (dst − src), in those normalised units — upstream adds it to the
+    translation in template pixels as it is, so it is a sub-pixel nudge."""
+    def normalised(points):
+        centred = np.asarray(points, np.float64) - np.mean(points, axis=0)
+        return centred / centred.std()
+
+    return normalised(dst)[2] - normalised(src)[2]
+
+
+def alignment_matrix(landmarks68: np.ndarray, resolution: int = 256, bias: np.ndarray | None = None) -> np.ndarray:
+    """Frame → res×res crop: the template similarity (plus LatentSync's smoothing `bias` on its translation, in
+    template pixels) followed by the 210×280 → res² resize."""
+    m = similarity_transform(anchors(landmarks68), template(resolution))
+    if bias is not None:
+        m[:, 2] += bias
     sx = resolution / (_CROP_W_256 * resolution / 256)
     sy = resolution / (_CROP_H_256 * resolution / 256)
     return np.diag([sx, sy]) @ m
@@ -76,18 +94,31 @@ class FaceBatch:
 class FaceAligner:
     """Frames → FaceBatch: landmarks from `detector(frame, index)` (a landmark detector, or the landmark cache around
     one), one similarity per face, then the crops of the whole batch from `warp(frames, matrices, resolution)` (an
-    `align` option)."""
+    `align` option).
 
-    def __init__(self, detector, resolution: int = 256, warp=warp_faces_cv2):
+    `nose_bias` is LatentSync's `smooth=True` alignment (its inference default): the nose anchor's normalised
+    residual, averaged over frames as 0.2·previous + 0.8·current, added to each similarity's translation. The average
+    carries across frames of the stream (and over frames without a face), as upstream's does."""
+
+    def __init__(self, detector, resolution: int = 256, warp=warp_faces_cv2, nose_bias: bool = True):
         self.detector = detector
         self.resolution = int(resolution)
         self.warp = warp
+        self.nose_bias = bool(nose_bias)
+        self._bias: np.ndarray | None = None
+
+    def matrix(self, landmarks68: np.ndarray) -> np.ndarray:
+        if not self.nose_bias:
+            return alignment_matrix(landmarks68, self.resolution)
+        residual = nose_residual(anchors(landmarks68), template(self.resolution))
+        self._bias = residual if self._bias is None else 0.2 * self._bias + 0.8 * residual
+        return alignment_matrix(landmarks68, self.resolution, self._bias)
 
     def __call__(self, frames: list[np.ndarray], indices: list[int]) -> FaceBatch:
         found = [(i, lmk) for i, (frame, index) in enumerate(zip(frames, indices))
                  if (lmk := self.detector(frame, index)) is not None]
         with_face = [i for i, _ in found]
-        matrices = [alignment_matrix(lmk, self.resolution) for _, lmk in found]
+        matrices = [self.matrix(lmk) for _, lmk in found]
         crops = self.warp([frames[i] for i in with_face], matrices, self.resolution) if found else None
         return FaceBatch(with_face, matrices, [lmk for _, lmk in found], crops)
 

@@ -19,13 +19,18 @@ _NOTCH_X0, _NOTCH_X1, _NOTCH_Y1 = 78.0, 178.0, 128.0  # nose notch (kept) above 
 
 
 def mouth_mask(resolution: int = 256, path: str | None = None) -> np.ndarray:
-    """(res, res) float32 mask, 1 = keep the original pixel, 0 = let the model regenerate it."""
+    """(res, res) float32 mask, 1 = keep the original pixel, 0 = let the model regenerate it (the official file
+    resized to another resolution has soft edges, as upstream's)."""
     if path:
         img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if img is None:
             raise LipsyncInputError(path, "cannot read the mask image")
-        img = cv2.resize(img, (resolution, resolution), interpolation=cv2.INTER_LANCZOS4)
-        return (img.astype(np.float32) / 255.0 > 0.5).astype(np.float32)
+        mask = img.astype(np.float32) / 255.0
+        if mask.shape != (resolution, resolution):
+            # upstream resizes the 256² file (Lanczos) and uses the result as soft weights, edges included (v1.6's
+            # 512-px crop): so do we, clipped to [0, 1] where Lanczos overshoots
+            mask = np.clip(cv2.resize(mask, (resolution, resolution), interpolation=cv2.INTER_LANCZOS4), 0.0, 1.0)
+        return mask
     s = resolution / 256.0
     yy, xx = (np.mgrid[0:resolution, 0:resolution] + 0.5) / s  # pixel centres in 256-units
     bowl = np.abs((xx - _CX) / _A) ** _POWER + np.abs(np.maximum(yy - _CY, 0) / _B) ** _POWER <= 1
