@@ -146,3 +146,22 @@ def test_log_mel_matches_transformers_feature_extractor(speech):
     ref = WhisperFeatureExtractor(feature_size=80)(audio, sampling_rate=16000, return_tensors="np")
     ours = LogMel()(torch.from_numpy(audio)).numpy()
     np.testing.assert_allclose(ours, ref["input_features"][0], atol=2e-4)
+
+
+def test_faster_whisper_with_an_official_unet_is_refused_unless_allowed():
+    """CTranslate2 gives the final layer only, not the 5-layer stack LatentSync's UNets were trained on: with an
+    official UNet checkpoint that is one clear line, unless the user asks for it explicitly."""
+    from lipsync_lab.build import build_audio_front_end
+    from lipsync_lab.config import compose
+    from lipsync_lab.errors import LipsyncInputError
+
+    cpu = torch.device("cpu")
+    cfg = compose(["audio=faster_whisper", "model.checkpoint=checkpoints/latentsync_unet.pt"])
+    with pytest.raises(LipsyncInputError, match=r"^audio: the FasterWhisperEncoder features are not the 5-layer "
+                                                r"stack .* pass \+audio.allow_official_unet=true"):
+        build_audio_front_end(cfg, cpu, torch.float32)
+    allowed = compose(["audio=faster_whisper", "model.checkpoint=checkpoints/latentsync_unet.pt",
+                       "+audio.allow_official_unet=true"])
+    assert isinstance(build_audio_front_end(allowed, cpu, torch.float32), SlidingWindow)
+    # the PyTorch encoder's stack is LatentSync's layout: no refusal
+    assert build_audio_front_end(compose(["model.checkpoint=x.pt"]), cpu, torch.float32) is not None

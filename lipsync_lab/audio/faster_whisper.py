@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
 
 from lipsync_lab.audio.checkpoints import TINY
@@ -133,12 +134,16 @@ def convert(encoder_state: dict[str, torch.Tensor], folder: Path | None = None) 
     return target
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if _ctranslate2().get_cuda_device_count() > 0 else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu, cuda or auto, not {device!r}")
-    return device
+def resolve_device(device: str | torch.device) -> tuple[str, int]:
+    """cpu, cuda, cuda:N (a torch.device too) or auto (cuda when CTranslate2 sees a GPU) → CTranslate2's
+    (device, device_index)."""
+    name = str(device)
+    if name == "auto":
+        name = "cuda" if _ctranslate2().get_cuda_device_count() > 0 else "cpu"
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda") or not (index == "" or index.isdigit()):
+        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, not {name!r}")
+    return kind, int(index or 0)
 
 
 class FasterWhisperEncoder:
@@ -147,25 +152,32 @@ class FasterWhisperEncoder:
 
     layers_out = 5
     dim = 384
+    latentsync_layout = False  # one layer (after ln_post) repeated, not the stack LatentSync's UNets were trained on
 
-    def __init__(self, model, folder: Path, device: str):
+    def __init__(self, model, folder: Path, device: torch.device, dtype: torch.dtype = torch.float32):
         self.model = model      # ctranslate2.models.Whisper
         self.folder = folder
-        self.device = device
+        self.device = device    # where `encode` returns its features (final_layer/stack: always the CPU)
+        self.dtype = dtype
         self.mel = LogMel()
 
     @classmethod
-    def build(cls, checkpoint: str | None = None, seed: int = 0, device: str = "cpu", compute_type: str = "default",
-              threads: int = 0, cache_dir: Path | None = None) -> "FasterWhisperEncoder":
-        """The weights of `WhisperFeatures.build(checkpoint, seed)`; device cpu, cuda or auto (cuda when
-        CTranslate2 sees a GPU); compute_type as CTranslate2's (default: the stored float32); threads: CTranslate2's
-        intra_threads (0: its default)."""
+    def build(cls, checkpoint: str | None = None, seed: int = 0, device: str | torch.device = "cpu",
+              compute_type: str = "default", threads: int = 0, cache_dir: Path | None = None,
+              dtype: torch.dtype | None = None) -> "FasterWhisperEncoder":
+        """The weights of `WhisperFeatures.build(checkpoint, seed)`. device: cpu, cuda, cuda:N or auto (cuda when
+        CTranslate2 sees a GPU); compute_type: CTranslate2's (default: the stored float32 — or, on cuda, float16 /
+        bfloat16 when that is `dtype`, the pipeline's); threads: CTranslate2's intra_threads (0: its default);
+        cache_dir: where converted models live (default .cache/ct2)."""
         state = WhisperFeatures.build(checkpoint, seed).encoder.state_dict()
         folder = convert(state, cache_dir)
-        device = resolve_device(device)
-        model = _ctranslate2().models.Whisper(str(folder), device=device, compute_type=compute_type,
-                                              intra_threads=threads)
-        return cls(model, folder, device)
+        kind, index = resolve_device(device)
+        if compute_type == "default" and kind == "cuda" and dtype in (torch.float16, torch.bfloat16):
+            compute_type = str(dtype).removeprefix("torch.")
+        model = _ctranslate2().models.Whisper(str(folder), device=kind, device_index=index,
+                                              compute_type=compute_type, intra_threads=threads)
+        return cls(model, folder, torch.device(kind, index) if kind == "cuda" else torch.device("cpu"),
+                   dtype or torch.float32)
 
     @torch.no_grad()
     def final_layer(self, mel: torch.Tensor) -> torch.Tensor:
@@ -195,6 +207,19 @@ class FasterWhisperEncoder:
         for UNets trained on these features."""
         return self.final_layer(mel).unsqueeze(1).repeat(1, self.layers_out, 1)
 
+    def encode(self, mel: torch.Tensor, pad_to: int | None = None, position_offset: int = 0) -> torch.Tensor:
+        """What the streaming front ends call (lipsync_lab/audio/features.py), as `WhisperFeatures.encode`: one
+        normalised log-mel window (80, n) → (n // 2, 5, 384) (`stack`), on `device` in `dtype`. pad_to: zero-pad
+        the mel to that many frames first (upstream's 30-s segments); None encodes the window as it is (the point of
+        this encoder). CTranslate2 gives step j positional embedding j: a window cannot start at another position."""
+        if position_offset:
+            raise ValueError("CTranslate2's whisper encoder starts every window at position 0 "
+                             f"(position_offset {position_offset}): use window positions")
+        n = mel.shape[-1]
+        if pad_to is not None and pad_to > n:
+            mel = F.pad(mel, (0, pad_to - n))
+        return self.stack(mel)[: n // 2].to(self.device, self.dtype)
+
     @torch.no_grad()
     def __call__(self, samples: np.ndarray | torch.Tensor) -> torch.Tensor:
         """samples → (T50, 5, 384) like `WhisperFeatures`: log-mel normalised over the whole chunk, cut into
@@ -204,4 +229,4 @@ class FasterWhisperEncoder:
         mel = self.mel(audio)
         feats = [self.stack(mel[:, seek:seek + WINDOW_FRAMES]) for seek in range(0, mel.shape[-1], WINDOW_FRAMES)]
         out = torch.cat(feats) if feats else torch.zeros(0, self.layers_out, self.dim)
-        return out[:n_steps]
+        return out[:n_steps].to(self.device, self.dtype)
