@@ -3,7 +3,8 @@ notebooks) exactly as the CLI would.
 
 The variant name is derived, not written: the chosen option of every config group of the primary defaults list
 and every key set on the command line (or by a sweep) appear in it, so a new axis cannot be left out of it. Kept
-out: the input (`source`), the experiment's own name, and run bookkeeping (`NOT_VARIANT`). Always shown, for
+out: the input (`source`, but for the frame size it is resized to), the experiment's own name, and run bookkeeping
+(`NOT_VARIANT`). Always shown, for
 readability: the model, VAE, scheduler, steps, guidance, batch, precision and device; other groups only where
 they differ from the defaults, as `group=option`.
 """
@@ -25,6 +26,7 @@ HYDRA_CONFIG_PATH = str(CONF_DIR) if IN_CHECKOUT else "pkg://lipsync_lab.conf"
 
 NOT_VARIANT = ("source", "experiment", "seed", "max_frames", "print_batches", "warmup_batches", "save_crops",
                "hydra", "variant")
+VARIANT_AFTER_ALL = ("source.short_side",)  # keys under NOT_VARIANT that do change what a run measures
 CORE = ("model", "vae", "scheduler", "+sgb", "precision", "device")  # "+sgb": steps, guidance, batch
 
 
@@ -62,7 +64,9 @@ def variant_name(choices: dict, overrides: list[str], cfg) -> str:
             parts.append(f"{group}={option}")
     for text in overrides:
         key = text.partition("=")[0].lstrip("+~")
-        if key in choices or key.split(".")[0] in NOT_VARIANT or key in ("steps", "guidance_scale", "batch_frames"):
+        if key in choices or key in ("steps", "guidance_scale", "batch_frames"):
+            continue
+        if key.split(".")[0] in NOT_VARIANT and key not in VARIANT_AFTER_ALL:
             continue
         parts.append(_token(text))
     return "-".join(parts)

@@ -7,10 +7,13 @@ swept). After: the comparison table (lipsync_lab.compare).
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 
+import yaml
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 from lipsync_lab.compare import CompareAfterSweep
 
@@ -31,16 +34,32 @@ def fill_landmark_cache(cfg) -> tuple[int, int]:
     return cache.hits, cache.computed
 
 
+def source_variants(config) -> list:
+    """The config once per combination of the `source.*` values the sweep goes through (e.g. source.short_side:
+    another frame size is other landmarks); just the config when it sweeps none. Simple comma lists only."""
+    params = {k: str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items() if k.startswith("source.")}
+    variants = [copy.deepcopy(config)]
+    for key, values in params.items():
+        expanded = []
+        for cfg in variants:
+            for value in values.split(","):
+                one = copy.deepcopy(cfg)
+                OmegaConf.update(one, key, yaml.safe_load(value), force_add=True)
+                expanded.append(one)
+        variants = expanded
+    return variants
+
+
 class LandmarksBeforeSweep(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         if not config.face.get("cache"):
             return
-        start = time.perf_counter()
-        try:
-            read, computed = fill_landmark_cache(config)
-        except Exception as e:  # the jobs will compute (or report) it themselves
-            log.warning("landmark cache not filled before the sweep: %s", e)
-            return
+        start, computed = time.perf_counter(), 0
+        for cfg in source_variants(config):
+            try:
+                computed += fill_landmark_cache(cfg)[1]
+            except Exception as e:  # the jobs will compute (or report) it themselves
+                log.warning("landmark cache not filled before the sweep: %s", e)
         if computed:
             log.info("Landmark cache: %d frames computed before the sweep (%.1f s); every job reads them",
                      computed, time.perf_counter() - start)

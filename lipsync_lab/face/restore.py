@@ -8,6 +8,9 @@ then soft·face + (1−soft)·frame.
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ThreadPoolExecutor
+
 import cv2
 import numpy as np
 import torch
@@ -26,17 +29,36 @@ def roi_box(matrix: np.ndarray, resolution: int, frame_shape: tuple[int, int], p
     return x0, y0, x1, y1
 
 
-def restore_cv2(frame: np.ndarray, face: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Return a copy of `frame` with `face` (res×res, aligned by `matrix`) pasted back."""
+INTERPOLATION = {"lanczos": cv2.INTER_LANCZOS4, "cubic": cv2.INTER_CUBIC, "linear": cv2.INTER_LINEAR}
+
+
+@functools.cache
+def face_pool(threads: int) -> ThreadPoolExecutor:
+    """Threads for per-face OpenCV work: its Lanczos warp runs on one core (it is not parallelised inside OpenCV,
+    unlike its cubic one), and OpenCV and NumPy release the GIL, so the faces of a batch go to the cores."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="faces")
+
+
+def per_face(fn, *items, threads: int = 1) -> list:
+    """[fn(*args) for args in zip(*items)], on `threads` threads when more than one."""
+    if threads <= 1 or len(items[0]) <= 1:
+        return [fn(*args) for args in zip(*items)]
+    return list(face_pool(threads).map(fn, *items))
+
+
+def restore_cv2(frame: np.ndarray, face: np.ndarray, matrix: np.ndarray, *, inplace: bool = False,
+                interpolation: str = "lanczos") -> np.ndarray:
+    """`frame` with `face` (res×res, aligned by `matrix`) pasted back: a copy, or `frame` itself when `inplace`
+    (pasting into its ROI spares copying the whole frame: ~1 ms at 1080×1920)."""
     res = face.shape[0]
     x0, y0, x1, y1 = roi_box(matrix, res, frame.shape)
-    out = frame.copy()
+    out = frame if inplace else frame.copy()
     if x1 <= x0 or y1 <= y0:
         return out
     inv = cv2.invertAffineTransform(matrix)
     inv[:, 2] -= (x0, y0)  # warp straight into ROI coordinates
     size = (x1 - x0, y1 - y0)
-    warped = cv2.warpAffine(face, inv, size, flags=cv2.INTER_LANCZOS4).astype(np.float32)
+    warped = cv2.warpAffine(face, inv, size, flags=INTERPOLATION[interpolation]).astype(np.float32)
     mask = cv2.warpAffine(np.ones((res, res), np.float32), inv, size)
     mask = cv2.erode(mask, np.ones((2, 2), np.uint8))
     edge = int(np.sqrt(mask.sum())) // 20
@@ -45,15 +67,22 @@ def restore_cv2(frame: np.ndarray, face: np.ndarray, matrix: np.ndarray) -> np.n
         soft = cv2.GaussianBlur(centre, (2 * edge + 1, 2 * edge + 1), 0)
     else:
         soft = mask
-    soft = soft[..., None]
-    roi = out[y0:y1, x0:x1].astype(np.float32)
-    blended = soft * (mask[..., None] * warped) + (1 - soft) * roi
-    out[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    # soft·(mask·face) + (1 − soft)·frame, in place on float32 temporaries
+    warped *= (soft * mask)[..., None]
+    roi = out[y0:y1, x0:x1]
+    rest = roi.astype(np.float32)
+    rest *= (1 - soft)[..., None]
+    warped += rest
+    np.rint(warped, out=warped)
+    roi[...] = np.clip(warped, 0, 255)
     return out
 
 
-def restore_faces_cv2(frames: list[np.ndarray], faces, matrices: list[np.ndarray]) -> list[np.ndarray]:
+def restore_faces_cv2(frames: list[np.ndarray], faces, matrices: list[np.ndarray], *, threads: int = 2,
+                      interpolation: str = "lanczos") -> list[np.ndarray]:
     """The `restore=cv2` option: each generated face (k, res, res, 3) uint8 — host array or device tensor, brought
-    to the host here — pasted back into its frame by `restore_cv2`."""
+    to the host here — pasted back into its frame by `restore_cv2`, in place (the frames are the pipeline's own),
+    the faces spread over `threads` threads."""
     faces = faces.cpu().numpy() if isinstance(faces, torch.Tensor) else faces
-    return [restore_cv2(f, face, m) for f, face, m in zip(frames, faces, matrices)]
+    paste = functools.partial(restore_cv2, inplace=True, interpolation=interpolation)
+    return per_face(paste, frames, list(faces), matrices, threads=threads)

@@ -12,6 +12,7 @@ import os
 from typing import Iterator
 
 import av
+import cv2
 import numpy as np
 
 from lipsync_lab.errors import LipsyncInputError
@@ -64,13 +65,29 @@ def fit_audio(audio: np.ndarray, n_frames: int, name: str) -> np.ndarray:
     return out
 
 
-class FileSource:
-    """A video file (any size/orientation/frame rate) plus driving audio (a file, or the video's own track)."""
+def resized_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """(width, height) with the shorter side at `short_side`, the aspect ratio kept, both sides even (H.264 4:2:0);
+    the input size when `short_side` is None."""
+    if short_side is None:
+        return width, height
+    scale = int(short_side) / min(width, height)
+    return max(2, 2 * round(width * scale / 2)), max(2, 2 * round(height * scale / 2))
 
-    def __init__(self, video: str, audio: str | None = None, max_frames: int | None = None):
+
+class FileSource:
+    """A video file (any size/orientation/frame rate) plus driving audio (a file, or the video's own track).
+
+    `short_side` (resolution sweeps): every frame resized so its shorter side is that many pixels (INTER_AREA when
+    shrinking, INTER_CUBIC when enlarging), the aspect ratio kept and both sides even; width/height report it."""
+
+    def __init__(self, video: str, audio: str | None = None, max_frames: int | None = None,
+                 short_side: int | None = None):
         video = os.fspath(video)
         self.path = video
         self.name = os.path.basename(video)
+        if short_side is not None and int(short_side) < 2:
+            raise LipsyncInputError("source.short_side", f"must be at least 2 pixels, got {short_side}")
+        self.short_side = None if short_side is None else int(short_side)
         with _open(video, "video") as container:
             if not container.streams.video:
                 raise LipsyncInputError(video, "has no video stream")
@@ -83,7 +100,8 @@ class FileSource:
             except (StopIteration, av.error.FFmpegError):
                 raise LipsyncInputError(video, "video stream has no decodable frame (truncated or corrupt)") from None
             rgb = self._to_rgb(first)
-            self.height, self.width = rgb.shape[:2]
+            self.src_height, self.src_width = rgb.shape[:2]  # as decoded (display rotation applied)
+            self.width, self.height = resized_size(self.src_width, self.src_height, self.short_side)
             if stream.frames and abs(self.src_fps - FPS) < 1e-3:
                 expected = int(stream.frames)  # the container's own count, exact at 25 fps
             else:
@@ -110,13 +128,22 @@ class FileSource:
         # the display matrix's angle is counter-clockwise; FFmpeg's autorotate undoes it the same way
         return np.ascontiguousarray(np.rot90(rgb, rotation)) if rotation else rgb
 
+    def _resize(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        if (w, h) == (self.width, self.height):
+            return rgb
+        shrink = self.width * self.height < w * h
+        return cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
     def content_key(self) -> str:
-        """SHA-256 of the video file's bytes: the same clip under another name hits, another clip never does."""
+        """SHA-256 of the video file's bytes: the same clip under another name hits, another clip never does. Frames
+        resized by `short_side` are other pixels (landmarks in other coordinates): their size is part of the key."""
         digest = hashlib.sha256()
         with open(self.path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
-        return "sha256-" + digest.hexdigest()
+        resized = (self.width, self.height) != (self.src_width, self.src_height)
+        return "sha256-" + digest.hexdigest() + (f"-{self.width}x{self.height}" if resized else "")
 
     def frames(self) -> Iterator[np.ndarray]:
         """Frames conformed to 25 fps by nearest-timestamp selection, exactly n_frames of them."""
@@ -139,7 +166,7 @@ class FileSource:
                             emitted += 1
                     if emitted >= self.n_frames:
                         return
-                    prev, prev_t = self._to_rgb(frame), t
+                    prev, prev_t = self._resize(self._to_rgb(frame)), t
             except av.error.FFmpegError as e:
                 raise LipsyncInputError(self.path, f"video is truncated or corrupt after {emitted} frames: {e}") \
                     from None
