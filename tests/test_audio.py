@@ -124,14 +124,16 @@ def test_true_streaming_drift_is_measured(whisper, speech, capsys):
     report = {}
     for name, front_end in (("whisper (segment-aligned)", SegmentAligned(whisper)),
                             ("whisper_window 2 s", SlidingWindow(whisper, window_s=2.0)),
-                            ("whisper_window 2 s, segment positions", SlidingWindow(whisper, 2.0, positions="segment"))):
+                            ("whisper_window 2 s, window positions", SlidingWindow(whisper, 2.0, positions="window"))):
         cos = cosine_drift(stream(front_end, speech, N_FRAMES, 8), offline)
         assert cos.shape == (N_FRAMES,) and np.isfinite(cos).all()
         report[name] = cos
     # a true stream sees less audio than the offline pass: its features cannot all be identical
     assert min(c.min() for c in report.values()) < 0.999
-    # the exact option's only differences are unseen future audio and the running max: close to offline
-    assert np.median(report["whisper (segment-aligned)"]) > 0.9
+    # the exact option's only differences are unseen future audio and the running max: close to offline; the short
+    # window keeps each step's place in its segment, which is most of what matters (restarting positions does not)
+    assert np.median(report["whisper (segment-aligned)"]) > 0.99
+    assert np.median(report["whisper_window 2 s"]) > 0.9 > np.median(report["whisper_window 2 s, window positions"])
     with capsys.disabled():
         for name, cos in report.items():
             print(f"\n[audio drift] {name}: per-frame cosine to offline min {cos.min():.3f} median {np.median(cos):.3f} "
