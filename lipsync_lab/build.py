@@ -45,6 +45,8 @@ def make(node: DictConfig, **kwargs):
             cause = cause.__cause__
         if isinstance(cause, LipsyncInputError):
             raise cause from None
+        if isinstance(cause, ImportError):  # an option whose optional package is not installed: say which
+            raise LipsyncInputError(node.get("_target_", "config"), str(cause).splitlines()[0]) from None
         raise
 
 

@@ -167,3 +167,24 @@ def test_faster_whisper_with_an_official_unet_is_refused_unless_allowed():
     assert isinstance(build_audio_front_end(allowed, cpu, torch.float32), SlidingWindow)
     # the PyTorch encoder's stack is LatentSync's layout: no refusal
     assert build_audio_front_end(compose(["model.checkpoint=x.pt"]), cpu, torch.float32) is not None
+
+
+def test_a_missing_optional_package_is_one_line(monkeypatch):
+    """audio=faster_whisper without ctranslate2 installed: the option says what to install, no deep traceback."""
+    import builtins
+
+    from lipsync_lab.build import build_audio_front_end
+    from lipsync_lab.config import compose
+    from lipsync_lab.errors import LipsyncInputError
+
+    real_import = builtins.__import__
+
+    def without_ctranslate2(name, *args, **kwargs):
+        if name == "ctranslate2":
+            raise ImportError("No module named 'ctranslate2'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_ctranslate2)
+    with pytest.raises(LipsyncInputError, match=r"FasterWhisperEncoder.build: .* needs ctranslate2: pip install") as e:
+        build_audio_front_end(compose(["audio=faster_whisper"]), torch.device("cpu"), torch.float32)
+    assert "\n" not in str(e.value)
