@@ -50,14 +50,6 @@ def make(node: DictConfig, **kwargs):
         raise
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LipsyncInputError("device", f"{name} requested but CUDA is not available here")
-    return torch.device(name)
-
-
 def build_source(cfg: DictConfig):
     missing = [k for k in cfg.source if OmegaConf.is_missing(cfg.source, k)]
     if missing:

@@ -19,7 +19,8 @@ from diffusers.utils import logging as diffusers_logging
 from omegaconf import DictConfig, OmegaConf
 
 from lipsync_lab.audio.features import lookahead_frames
-from lipsync_lab.build import DTYPES, build_executor, build_pipeline, build_sink, build_source, resolve_device
+from lipsync_lab.build import DTYPES, build_executor, build_pipeline, build_sink, build_source
+from lipsync_lab.devices import resolve_device
 from lipsync_lab.media.source import FPS
 from lipsync_lab.results import CropRecorder, format_summary, summarize, timings_frame, write_failed, write_run
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import pytest
 
 from lipsync_lab.compare import compare, format_table
 from lipsync_lab.results import collect_runs, run_index, write_failed
@@ -51,8 +52,6 @@ def test_a_failed_run_is_listed_not_skipped(tmp_path):
     assert table["status"].tolist() == ["ok", "failed"]
     assert "failed: LipsyncInputError: /nonexistent/clip.mp4: video file not found" in format_table(table)
     # the collector warns about it instead of dropping it silently
-    import pytest
-
     with pytest.warns(UserWarning, match="1_bad: failed run"):
         assert collect_runs(tmp_path)["run_dir"].nunique() == 1
     incomplete = tmp_path / "2_incomplete" / ".hydra"

@@ -63,8 +63,10 @@ class FrameMask(nn.Module):
     def set(self, real: torch.Tensor | None, frames: int) -> None:
         """This call's mask: `real` (F,) with 1 for real frames, or all real if None. Written in place while the
         length stays the same (a compiled model sees one tensor whose contents change, not a new input)."""
-        self.padded = real is not None
-        new = torch.ones(frames) if real is None else real
+        was_all_real, self.padded = not self.padded, real is not None
+        if real is None and was_all_real and self.weights.shape == (frames,):
+            return  # still all ones: no write (and no host → device copy) per UNet call
+        new = torch.ones(frames, device=self.weights.device) if real is None else real
         if self.weights.shape == (frames,):
             self.weights.copy_(new, non_blocking=True)
         else:

@@ -50,7 +50,7 @@ class LatentSyncUNet(nn.Module):
 
     def forward(self, sample: torch.Tensor, timestep, context: torch.Tensor,
                 real: torch.Tensor | None = None) -> torch.Tensor:
-        b, f = sample.shape[:2]
+        f = sample.shape[1]
         self.check_frames(f)
         self.frame_mask.set(real, f)
         context = context.flatten(0, 1)  # one audio window per frame, in the frames' order

@@ -53,21 +53,15 @@ import torch
 from kornia.geometry.transform import warp_affine
 from kornia.morphology import erosion
 
+from lipsync_lab.devices import resolve_device
 from lipsync_lab.face.align import GREY
 from lipsync_lab.face.restore import roi_box
 
-__all__ = ["KorniaAlign", "KorniaRestore", "resolve_device"]
+__all__ = ["KorniaAlign", "KorniaRestore"]
 
 # bicubic reads the 4×4 source pixels around a sample (2 on each side); roi_box's corners are floored/ceiled, so 3
 # more pixels than that keep every tap of every crop pixel inside the uploaded box
 ALIGN_MARGIN = 5
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """"auto" → CUDA when available, else the CPU; anything else as torch names it."""
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class _Staging:
