@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from lipsync_lab.audio.features import StreamingAudioFeatures
 from lipsync_lab.diffusion import unet as unet_module
 from lipsync_lab.diffusion.denoise import LipsyncDiffusion
+from lipsync_lab.diffusion.passthrough import PassthroughDiffusion
 from lipsync_lab.diffusion.unet import LatentSyncUNet
 from lipsync_lab.diffusion.vae import LatentVAE
 from lipsync_lab.errors import LipsyncInputError
@@ -54,7 +55,9 @@ def build_source(cfg: DictConfig):
     missing = [k for k in cfg.source if OmegaConf.is_missing(cfg.source, k)]
     if missing:
         raise LipsyncInputError(f"source.{missing[0]}", f"not set: pass source.{missing[0]}=PATH")
-    return make(cfg.source, max_frames=cfg.max_frames)
+    # `pace` is the stream's, not the source's: the executor paces whatever source it reads (media/pace.py)
+    node = {k: v for k, v in OmegaConf.to_container(cfg.source, resolve=True).items() if k != "pace"}
+    return make(OmegaConf.create(node), max_frames=cfg.max_frames)
 
 
 def build_landmarks(cfg: DictConfig, source):
@@ -86,8 +89,10 @@ def build_scheduler(cfg: DictConfig):
 
 
 def build_diffusion(cfg: DictConfig, device: torch.device = torch.device("cpu"),
-                    dtype: torch.dtype = torch.float32) -> LipsyncDiffusion:
+                    dtype: torch.dtype = torch.float32) -> LipsyncDiffusion | PassthroughDiffusion:
     """The diffusion stage: UNet and VAE (optimised per `optimize` and `compile`), scheduler, mouth mask."""
+    if cfg.model.get("passthrough"):
+        return PassthroughDiffusion(cfg.model.resolution, device, cfg.face.mask_path)
     unet = build_unet(cfg).to(device, dtype)
     vae = build_vae(cfg).to(device, dtype)
     optimize(unet, vae, cfg.optimize, cfg.compile)
@@ -107,11 +112,16 @@ def build_audio_front_end(cfg: DictConfig, device: torch.device, dtype: torch.dt
     return make(cfg.audio.front_end, encoder=encoder)
 
 
+def build_vad(cfg: DictConfig):
+    """The `vad` option's voice-activity detector, or None (every batch with a face is lip-synced)."""
+    return make(cfg.vad.detector) if cfg.vad.detector is not None else None
+
+
 def build_pipeline(cfg: DictConfig, source, device: torch.device, dtype: torch.dtype) -> LipsyncPipeline:
     diffusion = build_diffusion(cfg, device, dtype)
     audio = StreamingAudioFeatures(build_audio_front_end(cfg, device, dtype), device)
     aligner = FaceAligner(build_landmarks(cfg, source), cfg.model.resolution, make(cfg.align), cfg.face.nose_bias)
-    return LipsyncPipeline(aligner, audio, diffusion, make(cfg.restore))
+    return LipsyncPipeline(aligner, audio, diffusion, make(cfg.restore), build_vad(cfg))
 
 
 def build_sink(cfg: DictConfig, run_dir: Path, source):

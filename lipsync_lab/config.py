@@ -26,7 +26,7 @@ HYDRA_CONFIG_PATH = str(CONF_DIR) if IN_CHECKOUT else "pkg://lipsync_lab.conf"
 
 NOT_VARIANT = ("source", "experiment", "seed", "max_frames", "print_batches", "warmup_batches", "save_crops",
                "hydra", "variant")
-VARIANT_AFTER_ALL = ("source.short_side",)  # keys under NOT_VARIANT that do change what a run measures
+VARIANT_AFTER_ALL = ("source.short_side", "source.pace", "source.convert")  # keys under NOT_VARIANT that change what a run measures
 CORE = ("model", "vae", "scheduler", "+sgb", "precision", "device")  # "+sgb": steps, guidance, batch
 
 

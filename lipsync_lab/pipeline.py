@@ -1,21 +1,26 @@
-"""One batch through the stages: face → audio → diffusion → restore (design §2), each timed.
+"""One batch through the stages: face → audio → diffusion → restore (design §2), one method per stage, each timed.
 
-Frames where no face is found pass through unchanged; a batch with no face at all skips diffusion, and that is
-recorded (0 s rows and `face_frames` = 0), not hidden. When only some frames have a face, diffusion runs on those
-frames (padded to the batch size under `static_shapes`, the padding kept out of the result).
+`pipeline(batch, timer)` runs the four in order (the sequential executor); the pipelined executor runs each stage
+method on its own worker, overlapping neighbouring batches — the methods hand a batch on through its `Work` item
+and keep their order-dependent state (landmark tracking and smoothing, the audio buffer, the diffusion noise) to
+themselves, so one worker per stage gives the same output as calling them in order.
+
+Frames where no face is found pass through unchanged; a batch with no face at all, or silent under voice-activity
+gating (`vad=silero`), skips diffusion, and that is recorded (0 s rows, `face_frames`, `skipped`), not hidden.
+When only some frames have a face, diffusion runs on those frames (padded to the batch size under
+`static_shapes`, the padding kept out of the result).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from lipsync_lab.audio.features import StreamingAudioFeatures
-from lipsync_lab.diffusion.denoise import LipsyncDiffusion
-from lipsync_lab.face.align import FaceAligner
-from lipsync_lab.media.source import Batch
+from lipsync_lab.face.align import FaceAligner, FaceBatch
+from lipsync_lab.media.source import SAMPLES_PER_FRAME, Batch
 from lipsync_lab.timing import DIFFUSION_SUBSTAGES, BatchTimer
 
 
@@ -26,45 +31,84 @@ class BatchResult:
     face_indices: list[int]         # the stream positions of those k frames
 
 
+@dataclass
+class Work:
+    """One batch in flight: what each stage leaves for the next."""
+
+    batch: Batch
+    timer: BatchTimer
+    faces: FaceBatch | None = None
+    positions: list[int] = field(default_factory=list)  # stream positions of the frames diffusion regenerates
+    features: torch.Tensor | None = None                 # (k, 50, 384) audio windows of those frames
+    mouths: np.ndarray | torch.Tensor | None = None      # (k, res, res, 3) uint8 generated faces
+    result: BatchResult | None = None
+
+
 class LipsyncPipeline:
-    def __init__(self, aligner: FaceAligner, audio: StreamingAudioFeatures, diffusion: LipsyncDiffusion, restore):
+    def __init__(self, aligner: FaceAligner, audio: StreamingAudioFeatures, diffusion, restore, vad=None):
         self.aligner = aligner
         self.audio = audio
-        self.diffusion = diffusion
+        self.diffusion = diffusion  # LipsyncDiffusion, or diffusion/passthrough.py's stand-in (model=passthrough)
         # a `restore` option: (frames, faces (k, res, res, 3) uint8, matrices) → the frames with the faces pasted
         self.restore = restore
+        self.vad = vad  # a `vad` option (audio/vad.py), or None: every batch is lip-synced
+
+    def stages(self) -> list[tuple[str, callable]]:
+        """(stage key, method) in data-flow order: what an executor runs for each batch."""
+        return [("face", self.run_face), ("audio", self.run_audio), ("diffusion", self.run_diffusion),
+                ("restore", self.run_restore)]
 
     def __call__(self, batch: Batch, timer: BatchTimer) -> BatchResult:
-        # 1. Facial preprocessing: landmarks → similarity → aligned crops of the frames with a face
+        work = Work(batch, timer)
+        for _, stage in self.stages():
+            stage(work)
+        return work.result
+
+    # 1. Facial preprocessing: landmarks → similarity → aligned crops of the frames with a face
+    def run_face(self, work: Work) -> None:
+        batch, timer = work.batch, work.timer
         read_before = self.aligner.detector.hits
         with timer.stage("face"):
-            faces = self.aligner(batch.frames, batch.frame_indices)
-        timer.face_frames = len(faces.indices)
+            work.faces = self.aligner(batch.frames, batch.frame_indices)
+        timer.face_frames = len(work.faces.indices)
         timer.landmarks_cached = self.aligner.detector.hits - read_before
-        positions = [batch.start + i for i in faces.indices]
+        work.positions = [batch.start + i for i in work.faces.indices]
+        if not work.positions:
+            timer.skipped = "no_face"
 
-        # 2. Audio feature preparation: the stream's audio so far → (k, 50, 384) windows for those frames
+    # 2. Audio feature preparation: the stream's audio so far → (k, 50, 384) windows for those frames; a batch
+    #    without speech (vad) is not lip-synced, its frames pass through
+    def run_audio(self, work: Work) -> None:
+        batch, timer = work.batch, work.timer
         with timer.stage("audio"):
             self.audio.push(batch.new_audio, end=batch.audio_ended)
-            features = self.audio.features(positions) if positions else None
+            if self.vad is not None:
+                self.vad.push(batch.new_audio)
+                span = batch.start * SAMPLES_PER_FRAME, (batch.start + len(batch.frames)) * SAMPLES_PER_FRAME
+                if work.positions and not self.vad.has_speech(*span):
+                    work.positions, timer.skipped = [], "silent"
+            if work.positions:
+                work.features = self.audio.features(work.positions)
 
-        # 3. Diffusion inference (eight sub-stages, timed inside); the new faces stay where the model ran
-        mouths = None
-        if positions:
-            with timer.stage("diffusion"):
-                mouths = self.diffusion(faces.crops, features, timer)
+    # 3. Diffusion inference (eight sub-stages, timed inside); the new faces stay where the model ran
+    def run_diffusion(self, work: Work) -> None:
+        if work.positions:
+            with work.timer.stage("diffusion"):
+                work.mouths = self.diffusion(work.faces.crops, work.features, work.timer)
         else:
             for key in ["diffusion", *DIFFUSION_SUBSTAGES]:
-                timer.skip(key)
+                work.timer.skip(key)
 
-        # 4. Face postprocessing: paste each new face back into its frame (ROI only); the others pass through
-        with timer.stage("restore"):
+    # 4. Face postprocessing: paste each new face back into its frame (ROI only); the others pass through
+    def run_restore(self, work: Work) -> None:
+        batch, faces = work.batch, work.faces
+        with work.timer.stage("restore"):
             out = list(batch.frames)
-            if positions:
-                pasted = self.restore([batch.frames[i] for i in faces.indices], mouths, faces.matrices)
+            if work.positions:
+                pasted = self.restore([batch.frames[i] for i in faces.indices], work.mouths, faces.matrices)
                 for i, frame in zip(faces.indices, pasted):
                     out[i] = frame
-        return BatchResult(out, mouths, positions)
+        work.result = BatchResult(out, work.mouths, work.positions)
 
     def close(self) -> None:
         """After the stream (also a failed one): what the stages keep for later runs is written (landmark cache)."""

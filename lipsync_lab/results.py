@@ -5,7 +5,16 @@ timings.parquet — one row per batch × stage, plus one row per denoising step:
   sub-stages; 'denoise' for step rows), step (−1, or the step index), timestep (−1, or the scheduler's t),
   seconds, start_s (stage start since the stream began), frames (in the batch), face_frames, landmarks_cached
   (frames whose landmarks were read from the landmark cache: the face stage then measured a read), warmup.
-A batch's total is the sum of its top-level rows (parent is null).
+A batch's total is the sum of its top-level rows (parent is null). `skipped` says why diffusion did not run in a
+batch: "" (it ran), "no_face", "silent" (voice-activity gating).
+
+stream.parquet — one row per batch, the stream as it happened (seconds since the stream started, on one clock):
+  run_id, batch, first_frame (absolute index of its first frame), frames, warmup, paced (source.pace=realtime),
+  arrived_s (its last frame and its audio look-ahead existed: released by the pacer, or decoded when unpaced),
+  waited_s (time the reader waited for a paced source), started_s / finished_s (its first processing stage
+  started / its last ended), written_s (the sink took its frames), skipped, rss_mb (the process's resident
+  memory then). Frame i of a paced stream is released at (i + 1) / 25 s (media/pace.py); its latency is the
+  batch's written_s minus that; unpaced, the batch's arrived_s stands for every frame's release.
 """
 
 from __future__ import annotations
@@ -71,8 +80,21 @@ def format_summary(summary: dict) -> str:
     st = summary["stages"]
     scope = "all batches (no steady-state batch: every batch was warm-up)" if summary["includes_warmup"] else \
         f"{summary['steady_batches']} steady-state batches (warm-up excluded)"
+    # achieved TFLOP/s (lipsync_lab/flops.py) for the stages with a model, and % of the device's peak where known
+    tf = any(s.get("tflops") is not None for s in st.values())
+    peak = tf and summary.get("peak_tflops") is not None
+
+    def achieved(s: dict) -> str:
+        if not tf:
+            return ""
+        cells = f"{s['tflops']:>9.3f}" if s.get("tflops") is not None else " " * 9
+        if peak:
+            cells += f"{100 * s['peak_fraction']:>7.1f}%" if s.get("peak_fraction") is not None else " " * 8
+        return cells
+
     lines = [f"Summary over {scope}, {summary['steady_frames']} frames",
-             f"{'stage':<34}{'median s':>10}{'p10':>9}{'p90':>9}{'share':>8}"]
+             f"{'stage':<34}{'median s':>10}{'p10':>9}{'p90':>9}{'share':>8}"
+             + (f"{'TFLOP/s':>9}" if tf else "") + (f"{'peak':>8}" if peak else "")]
     total = summary["batch_total_median"]
     for key, label, parent in STAGES:
         if key not in st:
@@ -80,21 +102,102 @@ def format_summary(summary: dict) -> str:
         s = st[key]
         name = ("    " if parent else "") + label
         share = "" if parent else f"{100 * s['median'] / total:7.1f}%" if total else ""
-        lines.append(f"{name:<34}{s['median']:>10.4f}{s['p10']:>9.4f}{s['p90']:>9.4f}{share:>8}")
+        lines.append(f"{name:<34}{s['median']:>10.4f}{s['p10']:>9.4f}{s['p90']:>9.4f}{share:>8}{achieved(s)}")
         if key == "denoise" and STEP_STAGE[0] in st:
             s = st[STEP_STAGE[0]]
-            lines.append(f"{'    ' + LABELS[STEP_STAGE[0]]:<34}{s['median']:>10.4f}{s['p10']:>9.4f}{s['p90']:>9.4f}")
+            lines.append(f"{'    ' + LABELS[STEP_STAGE[0]]:<34}{s['median']:>10.4f}{s['p10']:>9.4f}{s['p90']:>9.4f}"
+                         f"{'':>8}{achieved(s)}")
     lines.append(f"{'Total per batch':<34}{total:>10.4f}{summary['batch_total_p10']:>9.4f}"
                  f"{summary['batch_total_p90']:>9.4f}")
     lines.append(f"Throughput {summary['fps']:.2f} fps; real-time factor (batch time / batch duration) median "
                  f"{summary['rtf_median']:.2f} (< 1 keeps up with 25 fps)")
+    if tf:
+        lines.append("TFLOP/s: counted FLOPs of a full batch (matmuls, convolutions, attention) / median"
+                     + (f"; peak = {summary['peak_basis']} {summary['peak_tflops']:g} TFLOP/s" if peak else ""))
     return "\n".join(lines)
 
 
-def write_run(run_dir: str | os.PathLike, df: pd.DataFrame, summary: dict) -> None:
+# -- the stream as it happened (stream.parquet) ----------------------------------------------------------------
+
+def stream_frame(records: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(records).astype({"batch": "int32", "first_frame": "int64", "frames": "int32",
+                                         "warmup": "bool", "paced": "bool"})
+
+
+def read_stream(run_dir: str | os.PathLike) -> pd.DataFrame:
+    return pd.read_parquet(Path(run_dir) / "stream.parquet")
+
+
+def frame_latencies(stream: pd.DataFrame) -> pd.DataFrame:
+    """One row per frame: frame, batch, warmup, release_s (it existed), written_s, latency_s (written − release)."""
+    rows = []
+    for b in stream.itertuples():
+        frames = np.arange(b.first_frame, b.first_frame + b.frames)
+        release = (frames + 1) / FPS if b.paced else np.full(b.frames, b.arrived_s)
+        rows.append(pd.DataFrame(dict(frame=frames, batch=b.batch, warmup=b.warmup, release_s=release,
+                                      written_s=b.written_s)))
+    out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
+        columns=["frame", "batch", "warmup", "release_s", "written_s"])
+    out["latency_s"] = out["written_s"] - out["release_s"]
+    return out
+
+
+def _slope_per_min(x: pd.Series, y: pd.Series) -> float | None:
+    """Least-squares slope of y per minute of x (seconds); None with fewer than 3 points."""
+    if len(x) < 3 or float(np.ptp(x)) <= 0:
+        return None
+    return float(np.polyfit(np.asarray(x, float), np.asarray(y, float), 1)[0] * 60)
+
+
+def stream_summary(stream: pd.DataFrame) -> dict:
+    """Latency and throughput measured on the stream: first-frame latency (the stream's first frame, warm-up
+    included: a viewer waits for it), latency percentiles over steady-state frames, sustained output fps (frames
+    written after the first batch over the time they took), how fast latency grows (≈ 0 when the stream keeps up
+    with its input) and resident memory's slope."""
+    lat = frame_latencies(stream)
+    steady = lat[~lat["warmup"]] if (~lat["warmup"]).any() else lat
+    later = stream.iloc[1:]
+    span = float(stream["written_s"].iloc[-1] - stream["written_s"].iloc[0]) if len(stream) > 1 else 0.0
+    steady_batches = stream[~stream["warmup"]] if (~stream["warmup"]).any() else stream
+    # growth: fitted over each batch's last frame (within a batch latency falls frame by frame, a sawtooth)
+    last = lat.groupby("batch").last()
+    last = last[last.index.isin(steady_batches["batch"])]
+    latency_slope = _slope_per_min(last["release_s"], last["latency_s"])
+    return dict(
+        paced=bool(stream["paced"].iloc[0]),
+        first_frame_latency_s=float(lat["latency_s"].iloc[0]),
+        latency_p50_s=float(steady["latency_s"].median()), latency_p90_s=float(steady["latency_s"].quantile(0.9)),
+        latency_p99_s=float(steady["latency_s"].quantile(0.99)), latency_max_s=float(steady["latency_s"].max()),
+        # seconds of latency gained per second of stream: 0 keeps up, 0.5 = the input outruns the output by half
+        # (paced streams only: unpaced, a frame's "release" is whenever the reader got to it)
+        latency_growth=None if latency_slope is None or not stream["paced"].iloc[0] else latency_slope / 60,
+        sustained_fps=float(later["frames"].sum() / span) if span > 0 else None,
+        # seconds of output time per second of media at that rate: <= 1 keeps up (paced input caps it near 1)
+        rtf=float(FPS * span / later["frames"].sum()) if span > 0 else None,
+        rss_mb_max=float(stream["rss_mb"].max()),
+        rss_slope_mb_per_min=_slope_per_min(steady_batches["written_s"], steady_batches["rss_mb"]),
+        skipped_batches={k: int(v) for k, v in stream["skipped"].value_counts().items() if k},
+    )
+
+
+def format_stream(s: dict) -> str:
+    growth = "" if s["latency_growth"] is None else f"; latency grows {s['latency_growth']:+.3f} s per s of stream"
+    fps = "n/a (one batch)" if s["sustained_fps"] is None else f"{s['sustained_fps']:.2f} fps (RTF {s['rtf']:.2f})"
+    slope = s["rss_slope_mb_per_min"]
+    memory = f"resident memory max {s['rss_mb_max']:.0f} MB" + ("" if slope is None else f", {slope:+.2f} MB/min")
+    skipped = "".join(f"; {n} batch(es) skipped ({why})" for why, n in s["skipped_batches"].items())
+    return (f"Stream ({'paced at 25 fps' if s['paced'] else 'unpaced: frames taken as fast as decoded'}): "
+            f"first-frame latency {s['first_frame_latency_s']:.2f} s; latency p50 {s['latency_p50_s']:.2f} / "
+            f"p90 {s['latency_p90_s']:.2f} / max {s['latency_max_s']:.2f} s{growth}; sustained {fps}; "
+            f"{memory}{skipped}")
+
+
+def write_run(run_dir: str | os.PathLike, df: pd.DataFrame, summary: dict, stream: pd.DataFrame | None = None) -> None:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     df.to_parquet(run_dir / "timings.parquet", index=False)
+    if stream is not None:
+        stream.to_parquet(run_dir / "stream.parquet", index=False)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 

@@ -21,8 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from lipsync_lab.audio.features import lookahead_frames
 from lipsync_lab.build import DTYPES, build_executor, build_pipeline, build_sink, build_source
 from lipsync_lab.devices import resolve_device
+from lipsync_lab.flops import add_achieved_compute
 from lipsync_lab.media.source import FPS
-from lipsync_lab.results import CropRecorder, format_summary, summarize, timings_frame, write_failed, write_run
+from lipsync_lab.profiling import StreamProfiler
+from lipsync_lab.results import (CropRecorder, format_stream, format_summary, stream_frame, stream_summary, summarize,
+                                 timings_frame, write_failed, write_run)
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +109,10 @@ def _run(cfg: DictConfig, run_dir: Path, state: dict) -> dict:
     crops = CropRecorder(cfg.save_crops, regenerated=(pipeline.diffusion.mask[0, 0] == 0).cpu().numpy())
     graphs = {"after_warmup": graphs_compiled() if compiled and not cfg.warmup_batches else None}
 
+    profiler = StreamProfiler.from_config(cfg, run_dir, device)  # profile=true; a no-op otherwise
+
     def on_batch(index, result):
+        profiler.step()  # one profiler step per finished batch
         crops.add(result.face_indices, result.faces)
         if compiled and index == cfg.warmup_batches - 1:
             graphs["after_warmup"] = graphs_compiled()
@@ -114,16 +120,19 @@ def _run(cfg: DictConfig, run_dir: Path, state: dict) -> dict:
     lookahead = lookahead_frames(cfg.audio.lookahead_s)
     sink = build_sink(cfg, run_dir, source)
     try:
-        streamed = build_executor(cfg).stream(
-            source, pipeline, sink, batch_frames=cfg.batch_frames, lookahead=lookahead,
-            warmup_batches=cfg.warmup_batches, device=device, sync=cfg.timing.sync, run_id=cfg.variant,
-            print_batches=cfg.print_batches, on_batch=on_batch)
+        with profiler:
+            streamed = build_executor(cfg).stream(
+                source, pipeline, sink, batch_frames=cfg.batch_frames, lookahead=lookahead,
+                warmup_batches=cfg.warmup_batches, device=device, sync=cfg.timing.sync, run_id=cfg.variant,
+                print_batches=cfg.print_batches, on_batch=on_batch, pace=cfg.source.get("pace", "none"))
     finally:
         pipeline.close()
 
     # 4. Results
     df = timings_frame(streamed.rows)
+    stream = stream_frame(streamed.batches)
     summary = summarize(df)
+    summary["stream"] = stream_summary(stream)
     recompiled = None
     if compiled and graphs["after_warmup"] is not None:
         recompiled = graphs_compiled() - graphs["after_warmup"]
@@ -131,19 +140,19 @@ def _run(cfg: DictConfig, run_dir: Path, state: dict) -> dict:
         build_s=build_s, first_call_s=first_call_s, compile_s=compile_s, compiled=compiled,
         graphs_compiled_after_warmup=recompiled, static_shapes=bool(cfg.compile.static_shapes),
         stream_wall_s=streamed.wall_s, stream_fps=source.n_frames / streamed.wall_s,
-        first_batch_s=streamed.first_batch_s,
-        # a live stream's first output frame also waits for its batch to fill and for the audio look-ahead
-        live_first_frame_latency_s=streamed.first_batch_s + (cfg.batch_frames - 1 + lookahead) / FPS,
+        first_batch_s=streamed.first_batch_s, executor=cfg.executor._target_.rsplit(".", 1)[-1],
         audio_lookahead_frames=lookahead, output=sink.path,
         landmarks_cached_frames=int(df.loc[df["stage"] == "face", "landmarks_cached"].sum()),
+        trace=profiler.paths(),
     )
+    add_achieved_compute(summary, cfg, pipeline, device, dtype)  # summary["flops"], stages' tflops / peak_fraction
     crops.save(run_dir)
-    write_run(run_dir, df, dict(status="ok", meta=run_metadata(cfg, device), summary=summary))
+    write_run(run_dir, df, dict(status="ok", meta=run_metadata(cfg, device), summary=summary), stream)
     print(format_summary(summary))
+    print(format_stream(summary["stream"]))
     compile_note = f"; compile {compile_s:.1f} s (first call)" if compile_s is not None else ""
     print(f"Models built in {build_s:.1f} s{compile_note}; stream {source.n_frames} frames in "
-          f"{streamed.wall_s:.1f} s ({summary['stream_fps']:.2f} fps incl. warm-up); live first-frame latency "
-          f"{summary['live_first_frame_latency_s']:.2f} s")
+          f"{streamed.wall_s:.1f} s ({summary['stream_fps']:.2f} fps incl. warm-up)")
     if recompiled:
         print(f"Warning: {recompiled} graph(s) compiled after warm-up; their cost is inside the steady-state times")
     print(f"Results: {run_dir}")

@@ -2,59 +2,36 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from typing import Callable
-
 import torch
-from tqdm.auto import tqdm
 
-from lipsync_lab.media.source import SAMPLES_PER_FRAME, iter_batches
-from lipsync_lab.pipeline import BatchResult, LipsyncPipeline
-from lipsync_lab.timing import BatchTimer
-
-
-@dataclass
-class StreamResult:
-    rows: list[dict] = field(default_factory=list)  # tidy timing rows of every batch
-    first_batch_s: float | None = None               # stream start → first batch written
-    wall_s: float = 0.0
+from lipsync_lab.executors.stream import StreamBook, StreamResult
+from lipsync_lab.media.pace import Pacer
+from lipsync_lab.media.source import FPS, iter_batches
+from lipsync_lab.pipeline import LipsyncPipeline
 
 
 class SequentialExecutor:
+    def __init__(self, clock=None):
+        self.clock = clock  # None: the wall clock (media/pace.py); tests pass a fake one
+
     def stream(self, source, pipeline: LipsyncPipeline, sink, *, batch_frames: int, lookahead: int,
                warmup_batches: int, device: torch.device, sync: bool, run_id: str, print_batches: bool,
-               on_batch: Callable[[int, BatchResult], None] | None = None) -> StreamResult:
+               on_batch=None, pace: str = "none") -> StreamResult:
         """Source → batches → pipeline → sink, one BatchTimer per batch; the sink is closed on success and
         aborted on any failure (no output that looks complete)."""
-        batches = iter_batches(source, batch_frames, lookahead)
-        result = StreamResult()
-        start = time.perf_counter()
-        bar = tqdm(total=source.n_frames, unit="frame", desc="lip-sync", disable=None, dynamic_ncols=True)
+        pacer = Pacer(pace, FPS, self.clock)
+        book = StreamBook(source, pacer, run_id=run_id, warmup_batches=warmup_batches, device=device, sync=sync,
+                          print_batches=print_batches, on_batch=on_batch)
         try:
-            for index in range((source.n_frames + batch_frames - 1) // batch_frames):
-                timer = BatchTimer(index, 0, warmup=index < warmup_batches, device=device, sync=sync,
-                                   run_start=start)
-                with timer.stage("read"):
-                    batch = next(batches)
-                timer.frames = len(batch.frames)
-                out = pipeline(batch, timer)
-                with timer.stage("write"):
-                    lo = batch.start * SAMPLES_PER_FRAME
-                    sink.write(out.frames, source.audio[lo:lo + len(out.frames) * SAMPLES_PER_FRAME])
-                if result.first_batch_s is None:
-                    result.first_batch_s = time.perf_counter() - start
-                result.rows += timer.rows(run_id)
-                if on_batch is not None:
-                    on_batch(index, out)
-                if print_batches:
-                    tqdm.write(timer.report())
-                bar.update(len(out.frames))  # the bar's rate is the live frames per second
+            for batch in iter_batches(source, batch_frames, lookahead, pacer):
+                work = book.open(batch)
+                for _, stage in pipeline.stages():
+                    stage(work)
+                book.write(sink, work)
             sink.close()
         except BaseException:
             sink.abort()
             raise
         finally:
-            bar.close()
-        result.wall_s = time.perf_counter() - start
+            result = book.close()
         return result

@@ -12,6 +12,11 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
+from torch.profiler import record_function
+
+from lipsync_lab.media.pace import Pacer
+from lipsync_lab.timing import LABELS
+
 FPS = 25
 SAMPLE_RATE = 16_000
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
@@ -38,24 +43,42 @@ class Batch:
     frames: list[np.ndarray]   # RGB uint8 (H, W, 3)
     new_audio: np.ndarray      # samples that arrived with this batch (the stream's audio, in order)
     audio_ended: bool          # no more audio will arrive
+    read_s: float = 0.0        # seconds spent decoding its frames (waits for a paced source excluded)
+    waited_s: float = 0.0      # seconds spent waiting for a paced source to release them
+    began_s: float = 0.0       # when its reading began, since the stream started
+    arrived_s: float = 0.0     # when its last frame and its audio look-ahead existed, since the stream started
 
     @property
     def frame_indices(self) -> list[int]:
         return list(range(self.start, self.start + len(self.frames)))
 
 
-def iter_batches(source: Source, batch_frames: int, audio_lookahead_frames: int) -> Iterator[Batch]:
+def iter_batches(source: Source, batch_frames: int, audio_lookahead_frames: int, pacer=None) -> Iterator[Batch]:
     """Cut the stream into batches; each carries the audio received up to `audio_lookahead_frames` past its end.
 
     In a live stream that look-ahead is latency (the batch waits for it); the audio stage cannot see further.
+    With a pacer (media/pace.py) frames are taken no earlier than their release; without one, as fast as decoded.
     """
+    pacer = pacer or Pacer("none", FPS)
+    clock = pacer.clock
     frames = source.frames()
     pushed = 0
     total = len(source.audio)
     for index, start in enumerate(range(0, source.n_frames, batch_frames)):
-        chunk = []
-        for _ in range(min(batch_frames, source.n_frames - start)):
-            chunk.append(next(frames))
-        until = min(total, (start + len(chunk) + audio_lookahead_frames) * SAMPLES_PER_FRAME)
-        yield Batch(index, start, chunk, source.audio[pushed:until], until >= total)
+        chunk, read_s, waited_s, began_s = [], 0.0, 0.0, pacer.elapsed()
+        for i in range(start, min(start + batch_frames, source.n_frames)):
+            t0 = clock.now()
+            pacer.wait_for(i + 1)
+            t1 = clock.now()
+            with record_function(LABELS["read"]):  # the stage's profiler range (timed here: waits excluded)
+                chunk.append(next(frames))
+            waited_s += t1 - t0
+            read_s += clock.now() - t1
+        ready = min(source.n_frames, start + len(chunk) + audio_lookahead_frames)
+        t0 = clock.now()
+        pacer.wait_for(ready)  # the audio look-ahead's frames must have been captured too
+        waited_s += clock.now() - t0
+        until = min(total, ready * SAMPLES_PER_FRAME)
+        yield Batch(index, start, chunk, source.audio[pushed:until], until >= total, read_s, waited_s,
+                    began_s, pacer.elapsed())
         pushed = until
