@@ -31,6 +31,7 @@ from lipsync_lab.timing import TOP_LEVEL
 log = logging.getLogger(__name__)
 
 STAGE_COLUMNS = [*TOP_LEVEL[:4], "denoise", "decode", *TOP_LEVEL[4:]]  # read face audio diffusion (…) restore write
+TFLOPS_COLUMNS = ["denoise", "decode"]  # stages whose achieved TFLOP/s the table shows
 
 
 def load_crops(run_dir: str | os.PathLike) -> dict | None:
@@ -79,6 +80,8 @@ def compare(paths, baseline: str | None = None) -> pd.DataFrame:
                 mine = timings[timings["run_dir"] == run.run_dir]
             medians = mine.groupby("stage")["seconds"].median()
             row.update({k: float(medians.get(k, math.nan)) for k in STAGE_COLUMNS})
+            # achieved TFLOP/s of the two heaviest model stages (lipsync_lab/flops.py; absent in older runs)
+            row.update({f"{k}_tflops": summary["stages"].get(k, {}).get("tflops") for k in TFLOPS_COLUMNS})
             row.update(total=summary["batch_total_median"], fps=summary["fps"], frames=summary["steady_frames"],
                        compile_s=summary.get("compile_s"),
                        graphs_after_warmup=summary.get("graphs_compiled_after_warmup"),
@@ -116,7 +119,9 @@ def _num(value, fmt: str) -> str:
 def format_table(table: pd.DataFrame) -> str:
     """Markdown: one row per run, stage medians in ms, ratios and drift against the baseline (marked *)."""
     stages = [k for k in STAGE_COLUMNS if k in table and table[k].notna().any()]
-    head = ["run", *[f"{k} ms" for k in stages], "total ms", "fps", "speed-up", "diffusion speed-up",
+    tflops = [k for k in TFLOPS_COLUMNS if f"{k}_tflops" in table and table[f"{k}_tflops"].notna().any()]
+    head = ["run", *[f"{k} ms" for k in stages], "total ms", "fps", *[f"{k} TFLOP/s" for k in tflops],
+            "speed-up", "diffusion speed-up",
             "compile s", "recompiles", "mean |Δ|", "max |Δ|", "PSNR dB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table.to_dict("records"):
@@ -126,7 +131,8 @@ def format_table(table: pd.DataFrame) -> str:
                                             + [""] * (len(head) - 2)) + " |")
             continue
         cells = [name, *[_num(1000 * r[k], ".1f") for k in stages], _num(1000 * r["total"], ".1f"),
-                 _num(r["fps"], ".2f"), _num(r.get("speedup"), ".2f"), _num(r.get("diffusion_speedup"), ".2f"),
+                 _num(r["fps"], ".2f"), *[_num(r.get(f"{k}_tflops"), ".3g") for k in tflops],
+                 _num(r.get("speedup"), ".2f"), _num(r.get("diffusion_speedup"), ".2f"),
                  _num(r.get("compile_s"), ".1f"), _num(r.get("graphs_after_warmup"), ".0f"),
                  _num(r.get("drift_mean_abs"), ".3f"), _num(r.get("drift_max_abs"), ".0f"),
                  _num(r.get("psnr_db"), ".1f")]

@@ -2,7 +2,8 @@
 
 Counted by torch's FlopCounterMode (matmuls, convolutions, attention; 2 FLOP per multiply-add; norms and
 activations not counted) on the meta device: no weights, no memory, any machine. One call = one clip of
---frames frames without CFG (CFG doubles the cost per frame per step).
+--frames frames without CFG (CFG doubles the cost per frame per step). The count is lipsync_lab.flops' — the one a
+run's achieved TFLOP/s divide by (summary.json's "flops") — so the two agree.
 
 The reference's numbers match the count without the attention-score products (QKᵀ and attention·V, which grow
 with the square of the token count) — its count evidently left them out — so they are shown apart.
@@ -14,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
-from torch.utils.flop_counter import FlopCounterMode
 
-from lipsync_lab.build import build_unet
 from lipsync_lab.config import compose
+from lipsync_lab.flops import meta_unet, unet_flops
 
 # (preset, latent size, reference GFLOP per frame)
 CASES = [("latentsync_v1", 32, 169.6), ("latentsync_v15", 32, 244.5), ("latentsync_v16", 64, 975.0)]
@@ -42,14 +41,10 @@ class AttentionScoreFlops(TorchFunctionMode):
 
 def count(preset: str, latent: int, frames: int, norm: str) -> tuple[float, float]:
     """(all FLOPs, attention-score FLOPs) per frame of one call."""
-    with torch.device("meta"):
-        unet = build_unet(compose([f"model={preset}", f"norm={norm}", f"batch_frames={frames}"]))
-        x = torch.zeros(1, frames, 13, latent, latent)  # one clip (B, F, C, h, w), the pipeline's UNet call
-        context = torch.zeros(1, frames, 50, 384)      # one (50, 384) audio window per frame
-    counter, scores = FlopCounterMode(display=False), AttentionScoreFlops()
-    with counter, scores, torch.no_grad():
-        unet(x, 999, context)
-    return counter.get_total_flops() / frames, scores.flops / frames
+    unet = meta_unet(compose([f"model={preset}", f"norm={norm}", f"batch_frames={frames}"]))
+    with AttentionScoreFlops() as scores:  # one clip (copies = 1), the pipeline's UNet call
+        total = unet_flops(unet, 1, frames, latent)
+    return total / frames, scores.flops / frames
 
 
 def main() -> None:
