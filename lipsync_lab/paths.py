@@ -14,3 +14,7 @@ CONF_DIR = _CHECKOUT_CONF if IN_CHECKOUT else PACKAGE_DIR / "conf"
 # package (results/ follows Hydra's run directory, relative to the working directory)
 PROJECT_ROOT = PACKAGE_DIR.parent if IN_CHECKOUT else Path.cwd()
 CACHE_DIR = PROJECT_ROOT / ".cache"
+# where notebooks and helpers write, whatever the working directory (a notebook's kernel runs in notebooks/)
+RESULTS_DIR = PROJECT_ROOT / "results"
+# the demo clip beside the checkout (../shared/data), used by notebooks and benchmark scripts by default
+SHARED_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"

@@ -1,13 +1,20 @@
-"""Plots over collected timings (`results.collect_runs`): per-stage stacked bars and a per-batch timeline."""
+"""Plots for the notebooks: collected timings (`results.collect_runs`: per-stage stacked bars, a per-batch
+timeline), the stream's latency (`results.read_stream`), the stage benchmarks (`bench`), profiler traces (`traces`);
+`save_figure` writes any of them as a PNG."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 
 from lipsync_lab.media.source import FPS
 from lipsync_lab.results import batch_totals, stage_medians
-from lipsync_lab.timing import LABELS, TOP_LEVEL
+from lipsync_lab.timing import LABELS, STAGES, TOP_LEVEL
 
 
 def stage_bars(df: pd.DataFrame, by: str = "variant", ax=None):
@@ -38,5 +45,196 @@ def batch_timeline(df: pd.DataFrame, ax=None):
             ax.axvspan(i - 0.5, i + 0.5, color="grey", alpha=0.15, lw=0)
     ax.set_xlabel("batch (shaded: warm-up)")
     ax.set_ylabel("seconds")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
+    return ax
+
+
+def save_figure(fig_or_ax, folder: str | os.PathLike, name: str, dpi: int = 120) -> Path:
+    """Write a figure (or the figure of an Axes / array of Axes) as `<folder>/<name>.png` and return the path; the
+    figure stays open, so a notebook still shows it."""
+    fig = fig_or_ax
+    if isinstance(fig, np.ndarray):
+        fig = fig.flat[0]
+    if isinstance(fig, Axes):
+        fig = fig.figure
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def latency_timeline(stream: pd.DataFrame, ax=None):
+    """One run's stream (results.read_stream) as a timeline, one row per batch: waiting for processing (thin, from
+    the moment its frames and audio look-ahead had arrived), processing (bar; hatched: warm-up, grey: diffusion
+    skipped), and the moment the sink took its frames (dot). Two references: when each batch's last frame was
+    captured at 25 fps, and the 25-fps playback deadline once the first batch is out — a batch written right of it
+    would stall a live viewer."""
+    ax = ax or plt.subplots(figsize=(9, 0.28 * len(stream) + 1.8))[1]
+    y = stream["batch"].to_numpy()
+    skipped = stream["skipped"].fillna("").astype(bool).to_numpy() if "skipped" in stream else np.zeros(len(y), bool)
+    warm = stream["warmup"].to_numpy(bool)
+    ax.hlines(y, stream["arrived_s"], stream["started_s"], color="0.6", lw=1, label="waiting")
+    for mask, kwargs in ((~skipped & ~warm, dict(color="C0", label="processing")),
+                         (~skipped & warm, dict(color="C0", alpha=0.5, hatch="//", label="processing (warm-up)")),
+                         (skipped, dict(color="0.75", label="processing (diffusion skipped)"))):
+        if mask.any():
+            rows = stream[mask]
+            ax.barh(rows["batch"], rows["finished_s"] - rows["started_s"], left=rows["started_s"], height=0.6,
+                    **kwargs)
+    ax.plot(stream["written_s"], y, "o", color="k", ms=3, label="written")
+    captured = (stream["first_frame"] + stream["frames"]) / FPS
+    ax.plot(captured, y, "--", color="C2", lw=1, label="last frame captured (25 fps)")
+    first = stream.iloc[0]
+    # playback starts when the first batch is written; frame i is then due (i − its first frame) / 25 s later
+    deadline = first["written_s"] + (stream["first_frame"] - first["first_frame"]) / FPS
+    ax.plot(deadline, y, ":", color="C3", lw=1.5, label="25-fps playback deadline")
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the stream started")
+    ax.set_ylabel("batch")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
+    return ax
+
+
+def frame_latency_plot(latencies: dict[str, pd.DataFrame], ax=None):
+    """Latency of every frame (results.frame_latencies), one line per run label; warm-up frames dotted."""
+    ax = ax or plt.subplots(figsize=(9, 3.5))[1]
+    for i, (label, lat) in enumerate(latencies.items()):
+        ax.plot(lat["frame"], lat["latency_s"], color=f"C{i}", lw=1.2, label=label)
+        warm = lat[lat["warmup"]]
+        if len(warm):
+            ax.plot(warm["frame"], warm["latency_s"], ".", color=f"C{i}", ms=3)
+    ax.set_xlabel("frame (dots: warm-up batches)")
+    ax.set_ylabel("latency, s (written − captured)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def method_bars(table: pd.DataFrame, value: str = "ms_per_frame"):
+    """bench.align_restore_timings as grouped bars: one panel per stage (align, restore), one group per frame size
+    (and device), one bar per method."""
+    stages = list(dict.fromkeys(table["stage"]))
+    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.5), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        rows = table[table["stage"] == stage]
+        group = rows["size"] + (" " + rows["device"] if rows["device"].nunique() > 1 else "")
+        rows.assign(group=group).pivot_table(index="group", columns="method", values=value, sort=False).plot.bar(
+            ax=ax, rot=0, width=0.8)
+        ax.set_title(stage)
+        ax.set_xlabel("")
+        ax.set_ylabel("ms per frame" if value == "ms_per_frame" else value)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def difference_maps(diffs: dict, vmax: float | None = None):
+    """bench.pixel_differences as images: the cv2 and kornia results and |kornia − cv2| (grey levels, mean over
+    RGB), for the aligned crop (top) and the pasted-back region of the frame (bottom)."""
+    fig, axes = plt.subplots(2, 3, figsize=(12, 8))
+    for row, (what, title) in zip(axes, (("crop", "aligned crop"), ("frame", "pasted back (paste ROI)"))):
+        row[0].imshow(diffs[f"{what}_cv2"])
+        row[0].set_title(f"{title}: cv2")
+        row[1].imshow(diffs[f"{what}_kornia"])
+        row[1].set_title(f"{title}: kornia")
+        image = row[2].imshow(diffs[f"{what}_diff"], cmap="magma", vmin=0, vmax=vmax)
+        key = "crop" if what == "crop" else "roi"
+        row[2].set_title(f"|kornia − cv2|: mean {diffs[f'{key}_mean_abs']:.2f}, max {diffs[f'{key}_max_abs']:.0f}")
+        fig.colorbar(image, ax=row[2], fraction=0.046, pad=0.04, label="grey levels")
+        for ax in row:
+            ax.set_axis_off()
+    fig.suptitle(f"{diffs['size']} frame; outside the paste ROI the frames differ by at most "
+                 f"{diffs['outside_max_abs']} grey levels")
+    fig.tight_layout()
+    return fig
+
+
+def audio_front_end_plot(table: pd.DataFrame, cosine: pd.DataFrame):
+    """bench.audio_drift: cost per frame against the 40 ms a frame lasts at 25 fps (left), and each frame's cosine
+    similarity to the offline features over the clip (right)."""
+    fig, (cost, drift) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw=dict(width_ratios=[1, 2]))
+    cost.barh(table["front_end"], table["ms_per_frame"], color=[f"C{i}" for i in range(len(table))])
+    cost.axvline(1000 / FPS, color="k", ls="--", lw=1, label="one frame at 25 fps")
+    cost.invert_yaxis()
+    cost.set_xlabel("ms per frame (streamed)")
+    cost.legend(fontsize="small")
+    for i, label in enumerate(cosine.columns):
+        drift.plot(cosine.index / FPS, cosine[label], color=f"C{i}", lw=1, label=label)
+    drift.set_xlabel("seconds")
+    drift.set_ylabel("cosine to offline whisper")
+    drift.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def trace_plot(top: pd.DataFrame, shares: pd.DataFrame):
+    """traces.top_operators (self time, left) and traces.stage_shares (each top-level stage's share, and the
+    diffusion sub-stages' shares of diffusion, right)."""
+    fig, (ops, stages) = plt.subplots(1, 2, figsize=(13, 0.3 * max(len(top), 6) + 1.5))
+    ops.barh(top["name"], top["self_ms"], color="C0")
+    ops.invert_yaxis()
+    ops.set_xlabel("self time, ms (all recorded batches)")
+    ops.tick_params(axis="y", labelsize="small")
+    rows = shares.assign(group=np.where(shares["parent"].isna(), "stages", "within " + shares["parent"].fillna("")))
+    left = {}
+    order = [key for key, _, _ in STAGES]
+    colours = plt.get_cmap("tab20")  # 20 distinct colours: one per stage (there are 14), the same in every run
+    for r in rows.itertuples():
+        start = left.get(r.group, 0.0)
+        stages.barh(r.group, r.share * 100, left=start, color=colours(order.index(r.stage) % 20), label=r.label,
+                    edgecolor="white")
+        left[r.group] = start + r.share * 100
+    stages.set_xlabel("% of the time")
+    stages.set_xlim(0, 100)
+    stages.invert_yaxis()
+    stages.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def latency_timelines(streams: dict[str, pd.DataFrame]):
+    """`latency_timeline` of several runs (label → results.read_stream), stacked on one time axis."""
+    height = sum(0.28 * len(s) + 1.2 for s in streams.values())
+    fig, axes = plt.subplots(len(streams), 1, figsize=(10, height + 0.6), sharex=True, squeeze=False)
+    for ax, (label, stream) in zip(axes[:, 0], streams.items()):
+        latency_timeline(stream, ax=ax)
+        ax.set_title(label, loc="left")
+        if ax is not axes[0, 0]:
+            ax.get_legend().remove()
+    fig.tight_layout()
+    return fig
+
+
+def tflops_bars(df: pd.DataFrame, by: str = "variant",
+                stages: tuple[str, ...] = ("audio", "mask_latents", "image_latents", "denoise", "decode"), ax=None):
+    """Achieved TFLOP/s of the model stages (summary.json's, lipsync_lab/flops.py: counted FLOPs of a full batch /
+    the stage's median), one group of bars per `by` value of the collected runs `df`, each bar labelled with its
+    value and, on a device of known peak, its % of that peak."""
+    import json
+
+    rows = []
+    for run_dir, group in df.groupby("run_dir", sort=False):
+        record = json.loads((Path(run_dir) / "summary.json").read_text())
+        for key in stages:
+            s = record.get("summary", {}).get("stages", {}).get(key, {})
+            if s.get("tflops") is not None:
+                rows.append(dict(by=group[by].iloc[0], stage=key, tflops=s["tflops"], peak=s.get("peak_fraction")))
+    if not rows:
+        raise ValueError("no achieved TFLOP/s in these runs' summaries (runs from before FLOPs were counted?)")
+    table = pd.DataFrame(rows)
+    order = [k for k in stages if k in set(table["stage"])]
+    values = table.pivot_table(index="by", columns="stage", values="tflops", sort=False)[order]
+    peaks = table.pivot_table(index="by", columns="stage", values="peak", sort=False).reindex_like(values)
+    ax = ax or plt.subplots(figsize=(8, 0.5 * len(values) * len(order) ** 0.5 + 1.5))[1]
+    values.rename(columns=LABELS).plot.barh(ax=ax, width=0.8)
+    for container, key in zip(ax.containers, order):
+        labels = [f"{v:.3g}" + (f" ({100 * p:.0f}% of peak)" if pd.notna(p) else "")
+                  for v, p in zip(values[key], peaks[key])]
+        ax.bar_label(container, labels=labels, fontsize="x-small", padding=2)
+    ax.margins(x=0.2)  # room for the labels
+    ax.set_xlabel("achieved TFLOP/s (counted FLOPs / median seconds)")
+    ax.set_ylabel("")
+    ax.invert_yaxis()
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
     return ax
