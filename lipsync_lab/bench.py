@@ -181,7 +181,7 @@ def pixel_differences(sample: FaceSample, index: int = 0, device: str = "cpu") -
 AUDIO_OPTIONS = ["whisper", "whisper_window", "faster_whisper"]
 
 
-class _AudioOnly:
+class AudioOnly:
     """A source of audio alone, so the batcher cuts it as a run's stream would (frames are never looked at)."""
 
     def __init__(self, audio: np.ndarray):
@@ -200,7 +200,7 @@ def stream_features(front_end, audio: np.ndarray, batch_frames: int = 8,
     keeps state across batches (completed segments), so it cannot be warmed up on other audio first."""
     stream = StreamingAudioFeatures(front_end)
     parts, seconds = [], []
-    for batch in iter_batches(_AudioOnly(audio), batch_frames, lookahead_frames(lookahead_s)):
+    for batch in iter_batches(AudioOnly(audio), batch_frames, lookahead_frames(lookahead_s)):
         start = time.perf_counter()
         stream.push(batch.new_audio, end=batch.audio_ended)
         parts.append(stream.features(batch.frame_indices))

@@ -25,13 +25,19 @@ shows medians, the first repetition of each side being a warm-up (model set-up, 
 fast (> 1: the fast option is cheaper). Wall ms is what the stage takes; CPU ms is the process's CPU time over all
 its threads (decoder, x264, OpenCV, torch), the share of the cores the stage takes from the other stages.
 
-Each stage is a function `stage(cfg, clip) -> (wall, CPU) seconds per frame` in STAGES; a further section (a whole
-pipelined stream, say) is a function returning rows like `stage_rows`, concatenated in main().
+    stream        the whole stream into an mp4 with no model (`model=passthrough`), unpaced: 1000 / its sustained fps
+                  (40 ms = 25 fps), baseline options + sequential executor against fast options + pipelined; and
+                  the fast options on both executors (what overlapping the stages alone brings)
+
+Each stage is a function `stage(cfg, clip) -> (wall, CPU) seconds per frame` in STAGES; the stream section is
+`stream_rows`, concatenated in main().
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import tempfile
 import time
@@ -44,11 +50,13 @@ import pandas as pd
 import torch
 
 from lipsync_lab.audio.features import StreamingAudioFeatures, lookahead_frames
+from lipsync_lab.bench import AudioOnly
 from lipsync_lab.build import build_audio_front_end, build_landmarks, build_source, make
 from lipsync_lab.config import compose
 from lipsync_lab.face.align import FaceAligner, alignment_matrix, warp_faces_cv2
 from lipsync_lab.face.landmarks import LandmarkDetector
-from lipsync_lab.media.source import SAMPLES_PER_FRAME, iter_batches
+from lipsync_lab.media.source import FPS, SAMPLES_PER_FRAME, iter_batches
+from lipsync_lab.run import run
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -189,20 +197,9 @@ STAGES = {"read": read, "face": face, "  landmarks": face_landmarks, "  align wa
           "vad": vad, "restore": restore, "write": write}
 
 
-class _AudioOnly:
-    """The clip's audio as a source for the batcher (the audio stages need no frames)."""
-
-    def __init__(self, samples: np.ndarray):
-        self.audio, self.n_frames = samples, len(samples) // SAMPLES_PER_FRAME
-
-    def frames(self):
-        while True:
-            yield None
-
-
 def _audio_batches(cfg, clip: Clip):
     """The batches as a run cuts them: each with its audio up to the look-ahead."""
-    return iter_batches(_AudioOnly(clip.audio), clip.batch, lookahead_frames(cfg.audio.lookahead_s))
+    return iter_batches(AudioOnly(clip.audio), clip.batch, lookahead_frames(cfg.audio.lookahead_s))
 
 
 _ENCODERS: dict[str, object] = {}
@@ -242,6 +239,37 @@ def stage_rows(short_side: int, args) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def stream_rows(short_side: int, args) -> pd.DataFrame:
+    """The whole stream into an mp4 with a model cost near zero (`model=passthrough`), unpaced, as ms per frame at its
+    sustained rate (1000 / sustained fps; 40 = 25 fps): the baseline options on the sequential executor against the
+    fast ones on the pipelined executor, and — to show what overlapping alone brings — the fast options on both."""
+    def sustained_ms(overrides: list[str], executor: str) -> tuple[float, float]:
+        cfg = config(short_side, [*overrides, "model=passthrough", f"executor={executor}", "print_batches=false",
+                                  "save_crops=0"], args.stream_frames, args.batch)
+        with tempfile.TemporaryDirectory() as folder, open(os.devnull, "w") as quiet, \
+                contextlib.redirect_stdout(quiet):
+            cpu = time.process_time()
+            summary = run(cfg, folder)
+            cpu = (time.process_time() - cpu) / summary["frames"]
+        return 1000 / summary["stream"]["sustained_fps"], 1000 * cpu
+
+    logging.getLogger("lipsync_lab").setLevel(logging.WARNING)
+    runs = {"baseline, sequential": (args.baseline, "sequential"), "fast, sequential": (args.fast, "sequential"),
+            "fast, pipelined": (args.fast, "pipelined")}
+    ms = {name: sustained_ms(*how) for name, how in runs.items()}
+    source = build_source(config(short_side, [], 1, args.batch))
+    size = f"{source.width}×{source.height}"
+    rows = []
+    for stage, base, fast in (("stream", "baseline, sequential", "fast, pipelined"),
+                              ("  pipelining alone", "fast, sequential", "fast, pipelined")):
+        (b, b_cpu), (f, f_cpu) = ms[base], ms[fast]
+        rows.append({"size": size, "stage": stage, "baseline ms": b, "fast ms": f, "×": b / f,
+                     "baseline CPU ms": b_cpu, "fast CPU ms": f_cpu, "target ms": 1000 / FPS})
+        print(f"  {size} {stage.strip():<18} {base} {b:8.2f} → {fast} {f:7.2f} ms/frame ({1000 / b:.1f} → "
+              f"{1000 / f:.1f} fps)", flush=True)
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=48, help="frames of the clip per measurement")
@@ -252,6 +280,7 @@ def main() -> None:
     ap.add_argument("--stages", nargs="+", help=f"only these of {[s.strip() for s in STAGES]}")
     ap.add_argument("--fast", nargs="+", default=FAST, help="the fast side's overrides (default: FAST)")
     ap.add_argument("--baseline", nargs="*", default=BASELINE, help="the baseline side's overrides (default: none)")
+    ap.add_argument("--stream-frames", type=int, default=250, help="frames of each whole-stream run (0: none)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -261,6 +290,8 @@ def main() -> None:
           f"{load:.1f}; {args.frames} frames in batches of {args.batch}, median of {args.repeats} (+1 warm-up)")
     print(f"baseline: {' '.join(args.baseline) or '(the defaults)'}\nfast:     {' '.join(args.fast)}")
     sections = [stage_rows(side, args) for side in args.short_sides]
+    if args.stream_frames:
+        sections += [stream_rows(side, args) for side in args.short_sides]
     table = pd.concat(sections, ignore_index=True)
     print(f"\nload average {load:.1f} before, {os.getloadavg()[0]:.1f} after (where other processes share the cores, "
           f"the figures are approximate)")
