@@ -111,6 +111,9 @@ def format_summary(summary: dict) -> str:
                  f"{summary['batch_total_p90']:>9.4f}")
     lines.append(f"Throughput {summary['fps']:.2f} fps; real-time factor (batch time / batch duration) median "
                  f"{summary['rtf_median']:.2f} (< 1 keeps up with 25 fps)")
+    if summary.get("executor") == "PipelinedExecutor":
+        lines.append("(pipelined: stages overlap, so batch time = summed stage times is work, not wall time; the "
+                     "stream's measured rate is below)")
     if tf:
         lines.append("TFLOP/s: counted FLOPs of a full batch (matmuls, convolutions, attention) / median"
                      + (f"; peak = {summary['peak_basis']} {summary['peak_tflops']:g} TFLOP/s" if peak else ""))
@@ -118,6 +121,9 @@ def format_summary(summary: dict) -> str:
 
 
 # -- the stream as it happened (stream.parquet) ----------------------------------------------------------------
+
+MEMORY_SLOPE_MIN_S = 60.0
+
 
 def stream_frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(records).astype({"batch": "int32", "first_frame": "int64", "frames": "int32",
@@ -175,7 +181,9 @@ def stream_summary(stream: pd.DataFrame) -> dict:
         # seconds of output time per second of media at that rate: <= 1 keeps up (paced input caps it near 1)
         rtf=float(FPS * span / later["frames"].sum()) if span > 0 else None,
         rss_mb_max=float(stream["rss_mb"].max()),
-        rss_slope_mb_per_min=_slope_per_min(steady_batches["written_s"], steady_batches["rss_mb"]),
+        # over a minute or more only: a short stream's slope is the allocator settling, not a trend
+        rss_slope_mb_per_min=_slope_per_min(steady_batches["written_s"], steady_batches["rss_mb"])
+        if float(np.ptp(steady_batches["written_s"])) >= MEMORY_SLOPE_MIN_S else None,
         skipped_batches={k: int(v) for k, v in stream["skipped"].value_counts().items() if k},
     )
 

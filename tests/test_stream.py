@@ -143,6 +143,17 @@ def test_a_stream_that_keeps_up_has_flat_latency():
     assert s["latency_growth"] == pytest.approx(0.0, abs=1e-9)
     assert s["sustained_fps"] == pytest.approx(FPS)
     assert s["latency_max_s"] == pytest.approx(0.1 + 3 / FPS)  # a batch's first frame waits for its last one
+    assert s["rss_slope_mb_per_min"] is None  # 1.6 s of stream: too short for a memory trend
+
+
+def test_memory_slope_is_fitted_over_long_streams():
+    n = 400  # 2 minutes of 8-frame batches, resident memory rising 1.5 MB a minute on a noisy floor
+    t = np.arange(n) * 8 / FPS
+    noise = np.random.default_rng(0).normal(0, 0.2, n)
+    records = [dict(run_id="t", batch=i, first_frame=8 * i, frames=8, warmup=i == 0, paced=True, arrived_s=t[i],
+                    waited_s=0.0, started_s=t[i], finished_s=t[i] + 0.1, written_s=t[i] + 0.1, skipped="",
+                    rss_mb=700 + 1.5 * t[i] / 60 + noise[i]) for i in range(n)]
+    assert stream_summary(stream_frame(records))["rss_slope_mb_per_min"] == pytest.approx(1.5, abs=0.05)
 
 
 def test_pipelined_hands_batches_on_in_stream_order():
