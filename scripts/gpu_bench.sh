@@ -8,7 +8,10 @@
 #   3    the same, compile=unet_vae compile.mode=reduce-overhead (CUDA graphs)
 #   4    the same, eager, batch_frames=16
 #   5    model=latentsync_v15 vae=kl steps=2 batch_frames=16, eager fp16
-# then prints one comparison table of the six runs (baseline: compile=none). Runs go to results/gpu_bench/<time>/;
+#   6    the seed's settings, eager, executor=pipelined with input paced at 25 fps, align/restore on the device
+#        (kornia) and audio=whisper_window: each stage on its own thread and CUDA stream, first-frame latency and
+#        sustained fps measured (the run's "Stream" line; stream fps / first frame s in the table)
+# then prints one comparison table of the seven runs (baseline: compile=none). Runs go to results/gpu_bench/<time>/;
 # the table (comparison.md/.csv), the log and a tarball of the runs' timings also go to $OUT/gpu_bench/<time>/
 # when $OUT is set (the device tool's folder of files that come back).
 # Each run is cut off (and listed as incomplete) where it would leave no time for the table within BENCH_BUDGET_S
@@ -121,8 +124,10 @@ EOF
   step "4 eager, batch 16" -m lipsync_lab "${seed[@]}" "${common[@]}" batch_frames=16 "hydra.run.dir=$RUNS/4_b16"
   step "5 v1.5 + KL VAE, 2 steps, batch 16" -m lipsync_lab "${seed[@]}" "${common[@]}" model=$v15 vae=kl \
     steps=$v15_steps batch_frames=16 "hydra.run.dir=$RUNS/5_v15_kl_s2_b16"
+  step "6 pipelined, paced, kornia, whisper_window" -m lipsync_lab "${seed[@]}" "${common[@]}" executor=pipelined \
+    source.pace=realtime align=kornia restore=kornia audio=whisper_window "hydra.run.dir=$RUNS/6_pipelined_paced"
 
-  # 4. One table of the six runs
+  # 4. One table of the seven runs
   echo
   echo "=== comparison (baseline compile=none)"
   t=$(now)
