@@ -140,7 +140,7 @@ def _run(cfg: DictConfig, run_dir: Path, state: dict) -> dict:
         build_s=build_s, first_call_s=first_call_s, compile_s=compile_s, compiled=compiled,
         graphs_compiled_after_warmup=recompiled, static_shapes=bool(cfg.compile.static_shapes),
         stream_wall_s=streamed.wall_s, stream_fps=source.n_frames / streamed.wall_s,
-        first_batch_s=streamed.first_batch_s, executor=cfg.executor._target_.rsplit(".", 1)[-1],
+        first_batch_s=float(stream["written_s"].iloc[0]), executor=cfg.executor._target_.rsplit(".", 1)[-1],
         audio_lookahead_frames=lookahead, output=sink.path,
         landmarks_cached_frames=int(df.loc[df["stage"] == "face", "landmarks_cached"].sum()),
         trace=profiler.paths(),

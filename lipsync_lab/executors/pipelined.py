@@ -131,8 +131,10 @@ class PipelinedExecutor:
                 while (work := stream.get(qs[-1])) is not _DONE:
                     book.write(sink, work)
             sink.close()
+        except _Stopped:
+            pass  # a worker failed: its error is the stream's
         except BaseException as e:
-            stream.fail(e if not isinstance(e, _Stopped) else RuntimeError("stopped"))
+            stream.fail(e)
         finally:
             stream.stop.set()
             for t in threads:

@@ -17,16 +17,16 @@ from tqdm.auto import tqdm
 from lipsync_lab.media.pace import Pacer
 from lipsync_lab.media.source import SAMPLES_PER_FRAME, Batch
 from lipsync_lab.pipeline import BatchResult, Work
-from lipsync_lab.timing import BatchTimer
+from lipsync_lab.timing import TOP_LEVEL, BatchTimer
 
-PROCESSING = ("face", "audio", "diffusion", "restore")
+# the stages between reading and writing: a batch's processing starts with the first and ends with the last
+PROCESSING = [key for key in TOP_LEVEL if key not in ("read", "write")]
 
 
 @dataclass
 class StreamResult:
     rows: list[dict] = field(default_factory=list)     # tidy timing rows of every batch (timings.parquet)
     batches: list[dict] = field(default_factory=list)  # one record per batch (stream.parquet)
-    first_batch_s: float | None = None                  # stream start → first batch written
     wall_s: float = 0.0
     paced: bool = False
 
@@ -59,15 +59,13 @@ class StreamBook:
             lo = batch.start * SAMPLES_PER_FRAME
             sink.write(out.frames, self.source.audio[lo:lo + len(out.frames) * SAMPLES_PER_FRAME])
         written_s = self.pacer.elapsed()
-        if self.result.first_batch_s is None:
-            self.result.first_batch_s = written_s
         timer = work.timer
-        ends = [timer.starts[k] + timer.seconds[k] for k in PROCESSING if k in timer.starts]
+        ran = [k for k in PROCESSING if k in timer.starts]
         self.result.rows += timer.rows(self.run_id)
         self.result.batches.append(dict(
             run_id=self.run_id, batch=batch.index, first_frame=batch.start, frames=len(batch.frames),
             warmup=timer.warmup, paced=self.pacer.realtime, arrived_s=batch.arrived_s, waited_s=batch.waited_s,
-            started_s=min(timer.starts[k] for k in PROCESSING if k in timer.starts), finished_s=max(ends),
+            started_s=min(timer.starts[k] for k in ran), finished_s=max(timer.starts[k] + timer.seconds[k] for k in ran),
             written_s=written_s, skipped=timer.skipped, rss_mb=self._process.memory_info().rss / 2**20))
         if self.on_batch is not None:
             self.on_batch(batch.index, out)
