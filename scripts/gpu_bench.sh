@@ -18,6 +18,11 @@
 # seconds (default 570: the device tool stops a command at 600 s).
 # Smoke mode, to check the sequence on a CPU: BENCH_DEVICE=cpu BENCH_SMOKE=1 bash scripts/gpu_bench.sh
 # (the tiny model in fp32, max_frames=16, steps=1; a few minutes).
+# A step fails when its command fails or when a run it made says "status": "failed" in its summary.json (a sweep's
+# job fails without failing the sweep); the script then ends with one line naming each failed step and its error.
+# For `make gpu-bundle`: BENCH_WHEELS=0 runs on the packages python3 already has (installs nothing: the pass that
+# records what the runs import), BENCH_WHL_DIR the folder of wheels to install (default .whl), BENCH_RESULTS the
+# folder of the runs (default results/gpu_bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,9 +30,12 @@ DEVICE=${BENCH_DEVICE:-cuda}
 SMOKE=${BENCH_SMOKE:-0}
 SITE=${BENCH_SITE:-/tmp/site}
 BUDGET=${BENCH_BUDGET_S:-570}
+WHEELS=${BENCH_WHEELS:-1}
+WHL=${BENCH_WHL_DIR:-.whl}
 STAMP=$(date +%Y-%m-%d_%H-%M-%S)
-RUNS=results/gpu_bench/$STAMP
-DEST=${OUT:-results}/gpu_bench/$STAMP   # = RUNS without $OUT
+RUNS=${BENCH_RESULTS:-results/gpu_bench}/$STAMP
+DEST=${OUT:+$OUT/gpu_bench/$STAMP}
+DEST=${DEST:-$RUNS}
 mkdir -p "$RUNS" "$DEST"
 LOG=$DEST/bench.log
 
@@ -44,21 +52,28 @@ main() {
   echo "torch.compile's cache ($inductor): $([ -n "$(ls -A "$inductor" 2>/dev/null)" ] && echo "present (warm compiles)" \
     || echo "empty (cold compiles)")"
 
-  # 1. The wheels the server lacks (diffusers, hydra-core, omegaconf, antlr4, importlib_metadata, lazy-importer),
-  #    installed beside the image's packages; the project runs from this source tree (not installed)
-  compgen -G ".whl/*.whl" >/dev/null || die "no wheels in .whl/: run 'make gpu-bundle' on a machine with network \
-and carry .whl (and .cache/landmarks) with the working tree"
+  # 1. The wheels the server lacks (the packages the runs import, and their requirements, that the image has not:
+  #    `make gpu-bundle` derives the list), installed beside the image's packages; the project runs from this
+  #    source tree (not installed)
   compgen -G ".cache/landmarks/*.npz" >/dev/null || die "no landmark cache in .cache/landmarks/: run 'make gpu-bundle' \
 and carry .cache/landmarks (and .whl) with the working tree (dlib's model is not on the server)"
-  t=$(now)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
-    || die "installing .whl/*.whl into $SITE failed"
-  export PYTHONPATH=$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}
+  if [ "$WHEELS" = 0 ]; then
+    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+    echo "wheels: none installed (BENCH_WHEELS=0): the runs use $(command -v python3)'s packages"
+  else
+    compgen -G "$WHL/*.whl" >/dev/null || die "no wheels in $WHL/: run 'make gpu-bundle' on a machine with network \
+and carry .whl (and .cache/landmarks) with the working tree"
+    t=$(now)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHL"/*.whl \
+      || die "installing $WHL/*.whl into $SITE failed"
+    export PYTHONPATH=$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}
+    echo "wheels installed into $SITE in $(secs "$t" "$(now)") s: $(ls "$WHL" | tr '\n' ' ')"
+  fi
   export PYTHONUNBUFFERED=1
-  echo "wheels installed into $SITE in $(secs "$t" "$(now)") s: $(ls .whl | tr '\n' ' ')"
   python3 -c "import torch, diffusers, hydra, transformers; print(f'python3 {__import__(\"sys\").version.split()[0]}, \
 torch {torch.__version__}, diffusers {diffusers.__version__}, hydra {hydra.__version__}, transformers \
-{transformers.__version__}, cuda: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}')"
+{transformers.__version__}, cuda: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}')" \
+    || die "python3 cannot import the benchmark's core packages (above): is $WHL complete? (make gpu-bundle)"
   if [ "$DEVICE" = cuda ]; then
     python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null || die "device=cuda but torch sees no GPU"
   fi
@@ -91,28 +106,48 @@ sys.exit(have < source.n_frames)
 EOF
 
   # 3. The runs, one after another; a failed run is listed as failed in the table and the others still run
-  local names=() walls=() states=()
+  local names=() walls=() states=() failed=()
   step() {
-    local name=$1 t rc=0 left state
+    local name=$1 t rc=0 left state out mark why
     shift
     echo
     echo "=== $name"
     left=$(awk -v t0="$t0" -v now="$(now)" -v b="$BUDGET" 'BEGIN { printf "%d", b - (now - t0) - 20 }')
     if [ "$left" -lt 15 ]; then
       names+=("$name"); walls+=(0); states+=("SKIPPED (BENCH_BUDGET_S=$BUDGET spent)"); fails=$((fails + 1))
+      failed+=("'$name' (skipped: BENCH_BUDGET_S=$BUDGET spent)")
       echo "=== $name: ${states[-1]}"
       return
     fi
     echo "+ python3 $*   (cut off after $left s)"
+    out=$(mktemp)
+    mark=$RUNS/.step_started
+    touch "$mark"
     t=$(now)
-    timeout -k 10 "$left" python3 "$@" || rc=$?
+    # the run's output is shown as it comes and kept, so that a failure can be reported by its own error line
+    timeout -k 10 "$left" python3 "$@" 2>&1 | tee "$out" || rc=${PIPESTATUS[0]}
     case $rc in
       0) state=ok ;;
       124 | 137) state="TIMED OUT after $left s (BENCH_BUDGET_S=$BUDGET)" ;;
       *) state="FAILED (exit $rc)" ;;
     esac
+    # a sweep exits 0 when one of its jobs fails: each run folder written by this step says how it ended
+    why=$(find "$RUNS" -name summary.json -newer "$mark" -print0 | xargs -0 -r python3 -c '
+import json, os, sys
+for path in sys.argv[1:]:
+    s = json.load(open(path))
+    if s.get("status") == "failed":
+        print(os.path.basename(os.path.dirname(path)) + ": " + str(s.get("error")))' 2>&1 | head -1) || true
+    if [ -n "$why" ] && [ $rc = 0 ]; then
+      rc=1 state="FAILED (a run failed)"
+    fi
+    if [ $rc != 0 ]; then  # the reason, in one line: the failed run's error, else the command's last words
+      [ -n "$why" ] || why=$(grep -E "^error: " "$out" | tail -1) || true
+      [ -n "$why" ] || why=$(grep -v "^[[:space:]]*$" "$out" | tail -1) || true
+      fails=$((fails + 1)) failed+=("'$name' (${why:-no output})")
+    fi
+    rm -f "$out" "$mark"
     names+=("$name"); walls+=("$(secs "$t" "$(now)")"); states+=("$state")
-    [ $rc = 0 ] || fails=$((fails + 1))
     echo "=== $name: ${walls[-1]} s, ${states[-1]}"
   }
   # the sweep and the single runs side by side in $RUNS, numbered 0-5: the table lists them in that order
@@ -131,7 +166,8 @@ EOF
   echo
   echo "=== comparison (baseline compile=none)"
   t=$(now)
-  python3 -m lipsync_lab.compare "$RUNS" --baseline compile=none --out "$RUNS" || fails=$((fails + 1))
+  python3 -m lipsync_lab.compare "$RUNS" --baseline compile=none --out "$RUNS" \
+    || { fails=$((fails + 1)); failed+=("'comparison'"); }
   if [ "$DEST" != "$RUNS" ]; then
     cp "$RUNS"/comparison.md "$RUNS"/comparison.csv "$DEST"/ 2>/dev/null || true
     # each run's timings, summary and overrides in one file (the crops stay behind: they are the bulk)
@@ -143,7 +179,10 @@ EOF
   for i in "${!names[@]}"; do printf "  %-44s %8s s  %s\n" "${names[$i]}" "${walls[$i]}" "${states[$i]}"; done
   printf "  %-44s %8s s\n" "total (install, checks, runs, table)" "$(secs "$t0" "$(now)")"
   echo "Runs: $RUNS; table: $DEST/comparison.md"
-  [ "$fails" = 0 ] || die "$fails step(s) failed (see above)"
+  # one line naming each failed step and its error (make gpu-bundle reports it as the reason the check failed)
+  local list
+  list=$(printf '%s; ' "${failed[@]}")
+  [ "$fails" = 0 ] || die "$fails step(s) failed: ${list%; }"
 }
 
 main "$@" 2>&1 | tee "$LOG"
