@@ -8,6 +8,7 @@ new kind of stage appears.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -36,6 +37,27 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 LANDMARK_CACHE = CACHE_DIR / "landmarks"
 
 
+# pip's name for an import name where the two differ, among the packages this project's options import
+PIP_NAMES = {"cv2": "opencv-python-headless", "dlib": "dlib-bin", "skimage": "scikit-image", "yaml": "pyyaml"}
+
+
+def _import_problem(error: ImportError) -> str:
+    """One line for an ImportError met while building an option: which package is missing and how to install it.
+
+    Hydra's `_locate` wraps the import's error in an ImportError whose text holds the inner error's repr and ends at
+    a colon: such wrappers are skipped. An ImportError that explains itself (faster_whisper's "needs ctranslate2:
+    pip install ...") is kept as it is."""
+    while isinstance(error.__cause__, ImportError) and repr(error.__cause__) in str(error):
+        error = error.__cause__
+    if isinstance(error, ModuleNotFoundError) and error.name:
+        top = error.name.partition(".")[0]
+        if importlib.util.find_spec(top) is None:  # (a missing submodule of an installed package: its own text)
+            pip = PIP_NAMES.get(top, top)
+            module = f" (module {top})" if pip != top else ""
+            return f"needs the Python package '{pip}'{module}, which is not installed here (pip install {pip})"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 def make(node: DictConfig, **kwargs):
     """`instantiate(node, **kwargs)`, with bad input surfacing as our one-line error instead of Hydra's wrapper."""
     try:
@@ -47,7 +69,7 @@ def make(node: DictConfig, **kwargs):
         if isinstance(cause, LipsyncInputError):
             raise cause from None
         if isinstance(cause, ImportError):  # an option whose optional package is not installed: say which
-            raise LipsyncInputError(node.get("_target_", "config"), str(cause).splitlines()[0]) from None
+            raise LipsyncInputError(node.get("_target_", "config"), _import_problem(cause)) from None
         raise
 
 
