@@ -17,16 +17,44 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lipsync_lab import paths
 from lipsync_lab.audio.features import StreamingAudioFeatures, cosine_drift, lookahead_frames, offline_features
 from lipsync_lab.face.align import alignment_matrix, warp_faces_cv2
 from lipsync_lab.face.kornia import KorniaAlign, KorniaRestore
 from lipsync_lab.face.landmarks import LandmarkDetector
 from lipsync_lab.face.restore import restore_cv2, restore_faces_cv2, roi_box
 from lipsync_lab.media.source import SAMPLES_PER_FRAME, iter_batches
-from lipsync_lab.paths import SHARED_DATA_DIR
 
-DEMO_VIDEO = SHARED_DATA_DIR / "demo1_video.mp4"
-DEMO_AUDIO = SHARED_DATA_DIR / "demo1_audio.wav"
+# LatentSync's demo clip in the data folder (lipsync_lab.paths.DATA_DIR): the default input of the benchmarks
+DEMO_VIDEO_NAME, DEMO_AUDIO_NAME = "demo1_video.mp4", "demo1_audio.wav"
+
+
+def data_file_or_demo(name: str, make_demo: Callable[[], Path]) -> Path:
+    """`name` in the data folder, or — where the folder lacks it — the file `make_demo()` returns (the embedded demo
+    written out, cached), saying so in one line: a fresh clone runs the benchmarks and notebooks without the data."""
+    path = paths.DATA_DIR / name
+    if path.is_file():
+        return path
+    stand_in = make_demo()
+    print(f"{name} not in {paths.DATA_DIR} (set {paths.DATA_ENV} to a folder holding it): using the embedded "
+          f"demo instead, {stand_in}")
+    return stand_in
+
+
+def default_video() -> Path:
+    """The benchmarks' default clip: the data folder's demo1_video.mp4 (a 1080×1920 talking head), else the embedded
+    demo as an mp4 with its speech (512², 4 s; lipsync_lab.media.demo.demo_clip)."""
+    from lipsync_lab.media.demo import demo_clip
+
+    return data_file_or_demo(DEMO_VIDEO_NAME, demo_clip)
+
+
+def default_audio() -> Path:
+    """The benchmarks' default speech: the data folder's demo1_audio.wav (9.6 s), else the embedded demo's synthetic
+    speech as a wav (10 s; lipsync_lab.media.demo.demo_speech)."""
+    from lipsync_lab.media.demo import demo_speech
+
+    return data_file_or_demo(DEMO_AUDIO_NAME, demo_speech)
 
 
 def median_seconds(fn: Callable[[], object], device: torch.device | str, repeats: int) -> float:
@@ -68,13 +96,14 @@ class FaceSample:
         return f"{self.frames[0].shape[1]}×{self.frames[0].shape[0]}" if self.frames else "-"
 
 
-def load_faces(video: str | Path = DEMO_VIDEO, short_side: int | None = None, n: int = 8,
+def load_faces(video: str | Path | None = None, short_side: int | None = None, n: int = 8,
                resolution: int = 256) -> FaceSample:
-    """The first `n` frames of `video` (resized as `source.short_side` would) that have a face, their dlib landmarks'
-    alignment matrices, and generated-looking faces: the cv2 crops with the mouth inverted, so a paste shows."""
+    """The first `n` frames of `video` (None: default_video()), resized as `source.short_side` would, that have a
+    face, their dlib landmarks' alignment matrices, and generated-looking faces: the cv2 crops with the mouth
+    inverted, so a paste shows."""
     from lipsync_lab.media.file import FileSource
 
-    source = FileSource(str(video), max_frames=n, short_side=short_side)
+    source = FileSource(str(video or default_video()), max_frames=n, short_side=short_side)
     detector = LandmarkDetector()
     frames, matrices = [], []
     for i, frame in enumerate(source.frames()):
@@ -119,12 +148,13 @@ def available_devices(devices: Iterable[str]) -> list[torch.device]:
     return [torch.device(d) for d in devices if not d.startswith("cuda") or torch.cuda.is_available()]
 
 
-def align_restore_timings(video: str | Path = DEMO_VIDEO, short_sides: Iterable[int | None] = (720, 1080),
+def align_restore_timings(video: str | Path | None = None, short_sides: Iterable[int | None] = (720, 1080),
                           batch: int = 8, repeats: int = 7, resolution: int = 256,
                           devices: Iterable[str] = ("cpu", "cuda")) -> pd.DataFrame:
     """ms per frame of each align/restore method, per frame size and device: one row per (device, short_side,
     stage, method) with `x_cv2` = the cv2 median over the method's, from the same run (> 1 = faster than cv2).
-    A frame size whose frames have no face gets no rows."""
+    A frame size whose frames have no face gets no rows. `video` None: default_video()."""
+    video = video or default_video()  # resolved once: its fallback line is printed once, not per frame size
     rows = []
     for short_side in short_sides:
         sample = load_faces(video, short_side, batch, resolution)
@@ -230,13 +260,12 @@ def audio_front_ends(options: Iterable[str] = AUDIO_OPTIONS,
     return built, skipped
 
 
-def load_speech(path: str | Path | None = DEMO_AUDIO, seconds: float | None = None) -> np.ndarray:
-    """16 kHz mono float32 speech: the file (None: the embedded demo's synthetic speech), tiled or cut to
-    `seconds` (a whole number of frames)."""
-    from lipsync_lab.media.demo import speech_like_audio
+def load_speech(path: str | Path | None = None, seconds: float | None = None) -> np.ndarray:
+    """16 kHz mono float32 speech: the file (None: default_audio()), tiled or cut to `seconds` (a whole number of
+    frames)."""
     from lipsync_lab.media.file import load_audio
 
-    raw = load_audio(str(path)) if path else speech_like_audio(seconds or 4.0)
+    raw = load_audio(str(path or default_audio()))
     if seconds is None:
         return raw[:len(raw) // SAMPLES_PER_FRAME * SAMPLES_PER_FRAME].astype(np.float32)
     n = int(round(seconds * 25)) * SAMPLES_PER_FRAME

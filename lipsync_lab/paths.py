@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -16,5 +17,9 @@ PROJECT_ROOT = PACKAGE_DIR.parent if IN_CHECKOUT else Path.cwd()
 CACHE_DIR = PROJECT_ROOT / ".cache"
 # where notebooks and helpers write, whatever the working directory (a notebook's kernel runs in notebooks/)
 RESULTS_DIR = PROJECT_ROOT / "results"
-# the demo clip beside the checkout (../shared/data), used by notebooks and benchmark scripts by default
-SHARED_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
+# Real media (LatentSync's demo clip: demo1_video.mp4, demo1_audio.wav, latentsync_mask.png), read by the tests that
+# need a real talking head and by the notebooks' and benchmark scripts' defaults: the folder $LIPSYNC_LAB_DATA names,
+# else ../shared/data beside the checkout. Nothing requires it: tests skip without it, defaults fall back to the
+# embedded demo (lipsync_lab.bench.default_video / default_audio).
+DATA_ENV = "LIPSYNC_LAB_DATA"
+DATA_DIR = Path(os.environ.get(DATA_ENV) or PROJECT_ROOT.parent / "shared" / "data").expanduser().absolute()

@@ -1,7 +1,10 @@
 """How far each streamed audio front end drifts from upstream's offline whisper features, and what it costs
 (a benchmark, not a test).
 
-    python scripts/audio_drift.py [--audio ../shared/data/demo1_audio.wav] [--seconds 8 38] [--checkpoint tiny.pt]
+    python scripts/audio_drift.py [--audio speech.wav] [--seconds 8 38] [--checkpoint tiny.pt]
+
+The speech: `--audio`, by default demo1_audio.wav in the data folder ($LIPSYNC_LAB_DATA, default ../shared/data),
+else the embedded demo's synthetic speech written as a wav (said in one line).
 
 For each `audio` option (and the pre-segment-alignment default, for reference) the audio is streamed the way a run
 streams it — batches of 8 frames, the audio arriving with the frames plus the look-ahead — and the features are
@@ -17,7 +20,7 @@ import argparse
 
 from lipsync_lab.audio.features import ContextWindow, lookahead_frames
 from lipsync_lab.audio.whisper import WhisperFeatures
-from lipsync_lab.bench import AUDIO_OPTIONS, audio_drift, audio_front_ends, load_speech
+from lipsync_lab.bench import AUDIO_OPTIONS, audio_drift, audio_front_ends, default_audio, load_speech
 from lipsync_lab.media.source import FPS
 
 OPTIONS = [*AUDIO_OPTIONS[:2], "whisper_window audio.front_end.positions=window", *AUDIO_OPTIONS[2:]]
@@ -25,7 +28,8 @@ OPTIONS = [*AUDIO_OPTIONS[:2], "whisper_window audio.front_end.positions=window"
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--audio", help="speech file (default: the embedded demo's synthetic speech)")
+    ap.add_argument("--audio", help="speech file (default: the data folder's demo1_audio.wav, else the embedded "
+                                    "demo's synthetic speech)")
     ap.add_argument("--seconds", type=float, nargs="+", default=[8.0, 38.0], help="durations (the file is tiled)")
     ap.add_argument("--checkpoint", help="OpenAI whisper tiny.pt")
     ap.add_argument("--options", nargs="+", default=OPTIONS, help="audio options (+ overrides, space-separated)")
@@ -40,9 +44,10 @@ def main():
     front_ends.update(built)
     for option, why in skipped.items():
         print(f"{option}: skipped ({why})")
+    speech = args.audio or default_audio()  # resolved once: the fallback's line is printed once
     for seconds in args.seconds:
-        audio = load_speech(args.audio, seconds)
-        print(f"\n{seconds:.0f} s ({int(seconds * FPS)} frames) of {args.audio or 'synthetic speech'}; batch "
+        audio = load_speech(speech, seconds)
+        print(f"\n{seconds:.0f} s ({int(seconds * FPS)} frames) of {speech}; batch "
               f"{args.batch_frames}, look-ahead {lookahead_frames(args.lookahead_s)} frames")
         table, _ = audio_drift(audio, front_ends, args.checkpoint, args.batch_frames, args.lookahead_s)
         print(f"{'front end':<48}{'rel L2':>8}{'cos min':>9}{'median':>8}{'mean':>8}{'ms/frame':>10}")

@@ -6,8 +6,9 @@ at 1080×1920 and at 720p (a benchmark: it prints a table, never asserts).
 
 Every stage is built from the project's config as a run builds it (lipsync_lab.config.compose + lipsync_lab.build),
 once with the baseline overrides (none: today's defaults) and once with the fast ones (`FAST`, printed as Hydra
-overrides to pass to a run), on the demo clip (../shared/data/demo1_video.mp4 + demo1_audio.wav) resized by
-`source.short_side`:
+overrides to pass to a run), on the demo clip (demo1_video.mp4 + demo1_audio.wav in the data folder: $LIPSYNC_LAB_DATA,
+default ../shared/data; where it lacks them, the embedded demo written as files, 512² — the sizes below are then
+that clip's, enlarged) resized by `source.short_side`:
 
     read          decode + RGB at the output size (the file source's frames)
     face          landmarks + the aligned crop, in batches (FaceAligner, as the pipeline calls it), after the
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import tempfile
@@ -50,7 +52,7 @@ import pandas as pd
 import torch
 
 from lipsync_lab.audio.features import StreamingAudioFeatures, lookahead_frames
-from lipsync_lab.bench import AudioOnly
+from lipsync_lab.bench import AudioOnly, default_audio, default_video
 from lipsync_lab.build import build_audio_front_end, build_landmarks, build_source, make
 from lipsync_lab.config import compose
 from lipsync_lab.face.align import FaceAligner, alignment_matrix, warp_faces_cv2
@@ -58,7 +60,6 @@ from lipsync_lab.face.landmarks import LandmarkDetector
 from lipsync_lab.media.source import FPS, SAMPLES_PER_FRAME, iter_batches
 from lipsync_lab.run import run
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 BASELINE: list[str] = []  # today's defaults
 FAST = [
@@ -90,9 +91,15 @@ class Clip:
             yield start, self.frames[start:start + self.batch]
 
 
+@functools.cache  # resolved once: the fallback's line is printed once, not per configuration
+def inputs() -> tuple[Path, Path]:
+    """The clip and its speech: the data folder's demo files, else the embedded demo's (lipsync_lab.bench)."""
+    return default_video(), default_audio()
+
+
 def config(short_side: int, overrides: list[str], frames: int, batch: int):
-    return compose(["source=file", f"source.video={DATA / 'demo1_video.mp4'}",
-                    f"source.audio={DATA / 'demo1_audio.wav'}", f"source.short_side={short_side}",
+    video, audio = inputs()
+    return compose(["source=file", f"source.video={video}", f"source.audio={audio}", f"source.short_side={short_side}",
                     f"max_frames={frames}", f"batch_frames={batch}", *overrides])
 
 

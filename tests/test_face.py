@@ -1,4 +1,5 @@
-"""Face stage: alignment geometry, the mouth mask, and the align → restore round trip on a real frame."""
+"""Face stage: alignment geometry, the mouth mask, and the align → restore round trip on a real frame (the clip's, and
+the embedded demo's photograph)."""
 
 from __future__ import annotations
 
@@ -29,15 +30,26 @@ def test_similarity_recovers_a_known_transform():
     np.testing.assert_allclose(m[:, 2], shift, atol=1e-7)
 
 
+@pytest.fixture(params=["real", "demo"])
+def face_frame(request) -> np.ndarray:
+    """A frame with a face: the real clip's first (1080×1920; skips without the data folder) or the embedded
+    demo's (the astronaut photograph, 512²)."""
+    if request.param == "real":
+        return request.getfixturevalue("real_frames")[0]
+    from lipsync_lab.media.demo import DemoSource
+
+    return next(DemoSource(seconds=0.04, size=512).frames())
+
+
 def align(aligner, frame):
     """One frame through the batch aligner: (crop, matrix, landmarks), or None without a face."""
     faces = aligner([frame], [0])
     return (faces.crops[0], faces.matrices[0], faces.landmarks[0]) if faces.indices else None
 
 
-def test_real_face_lands_on_the_template(aligner, real_frames):
-    a = align(aligner, real_frames[0])
-    assert a is not None, "dlib found no face in the demo clip's first frame"
+def test_real_face_lands_on_the_template(aligner, face_frame):
+    a = align(aligner, face_frame)
+    assert a is not None, "dlib found no face in the frame"
     face, matrix, landmarks = a
     assert face.shape == (256, 256, 3) and face.dtype == np.uint8
     # the three anchors map close to LatentSync's template, resized from the 210x280 crop to 256²
@@ -46,8 +58,8 @@ def test_real_face_lands_on_the_template(aligner, real_frames):
     assert np.abs(mapped - template).max() < 12.0  # a similarity fits 3 points only approximately
 
 
-def test_align_restore_round_trip_on_real_frame(aligner, real_frames):
-    frame = real_frames[0]
+def test_align_restore_round_trip_on_real_frame(aligner, face_frame):
+    frame = face_frame
     face, matrix, _ = align(aligner, frame)
     out = restore_cv2(frame, face, matrix)
     x0, y0, x1, y1 = roi_box(matrix, 256, frame.shape)
@@ -60,8 +72,8 @@ def test_align_restore_round_trip_on_real_frame(aligner, real_frames):
     assert diff.mean() < 0.5 and np.percentile(diff, 99.9) <= 4, (diff.mean(), np.percentile(diff, 99.9))
 
 
-def test_restore_pastes_a_new_face_inside_the_box(aligner, real_frames):
-    frame = real_frames[0]
+def test_restore_pastes_a_new_face_inside_the_box(aligner, face_frame):
+    frame = face_frame
     face, matrix, _ = align(aligner, frame)
     out = restore_cv2(frame, np.zeros_like(face), matrix)  # a black face must show up in the frame
     x0, y0, x1, y1 = roi_box(matrix, 256, frame.shape)
@@ -82,17 +94,19 @@ def test_procedural_mask_matches_latentsync_png():
     assert iou >= 0.98, iou
 
 
-def test_mask_polarity_is_keep_one_regenerate_zero():
-    for m in (mouth_mask(256), mouth_mask(512), mouth_mask(256, str(shared_file("latentsync_mask.png")))):
-        r = m.shape[0] / 256
-        assert m[int(30 * r), int(128 * r)] == 1.0   # forehead: keep
-        assert m[int(110 * r), int(128 * r)] == 1.0  # nose notch: keep
-        assert m[int(200 * r), int(128 * r)] == 0.0  # mouth / chin: regenerate
-        assert set(np.unique(m)) == {0.0, 1.0}
+@pytest.mark.parametrize("mask", ["procedural 256", "procedural 512", "latentsync_mask.png"])
+def test_mask_polarity_is_keep_one_regenerate_zero(mask):
+    # one mask per case: the procedural ones need no data folder
+    m = mouth_mask(256, str(shared_file(mask))) if mask.endswith(".png") else mouth_mask(int(mask.split()[1]))
+    r = m.shape[0] / 256
+    assert m[int(30 * r), int(128 * r)] == 1.0   # forehead: keep
+    assert m[int(110 * r), int(128 * r)] == 1.0  # nose notch: keep
+    assert m[int(200 * r), int(128 * r)] == 0.0  # mouth / chin: regenerate
+    assert set(np.unique(m)) == {0.0, 1.0}
 
 
-def test_alignment_matrix_scales_with_resolution(real_frames, aligner):
-    lmk = align(aligner, real_frames[0])[2]
+def test_alignment_matrix_scales_with_resolution(face_frame, aligner):
+    lmk = align(aligner, face_frame)[2]
     np.testing.assert_allclose(alignment_matrix(lmk, 512), 2 * alignment_matrix(lmk, 256), rtol=1e-9)
 
 

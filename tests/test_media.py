@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import write_video
+from conftest import SYNTHETIC_SECONDS, SYNTHETIC_SIZE, write_video
 from lipsync_lab.errors import LipsyncInputError
 from lipsync_lab.media.demo import DemoSource
 from lipsync_lab.media.mp4 import Mp4Sink
@@ -31,6 +31,26 @@ def test_video_audio_track_is_resampled_to_16k_mono(demo_video):
     src = FileSource(str(demo_video))  # 44.1 kHz stereo AAC in the file
     assert src.n_frames == 250 and len(src.audio) == 250 * SAMPLES_PER_FRAME
     assert 0.01 < np.abs(src.audio).mean() < 1.0
+
+
+def test_synthetic_clip_is_read_at_its_size_with_the_demos_pixels(synthetic_clip):
+    n = int(SYNTHETIC_SECONDS * 25)
+    src = FileSource(str(synthetic_clip))
+    assert (src.width, src.height, src.n_frames) == (SYNTHETIC_SIZE, SYNTHETIC_SIZE, n)
+    frames = list(src.frames())
+    demo = list(DemoSource(seconds=SYNTHETIC_SECONDS, size=SYNTHETIC_SIZE).frames())
+    assert len(frames) == n and frames[0].shape == (SYNTHETIC_SIZE, SYNTHETIC_SIZE, 3) and frames[0].dtype == np.uint8
+    # each frame is the demo frame of its index (H.264 at crf 18: ~2 levels), not a neighbour (head motion: more)
+    assert all(np.abs(f.astype(int) - d).mean() < 3 for f, d in zip(frames, demo))
+    assert np.abs(frames[10].astype(int) - demo[12]).mean() > np.abs(frames[10].astype(int) - demo[10]).mean() + 1
+
+
+def test_the_videos_own_44k_stereo_track_becomes_the_demos_16k_mono_speech(synthetic_clip):
+    src = FileSource(str(synthetic_clip))  # no audio file given: the clip's 44.1 kHz stereo AAC track
+    speech = DemoSource(seconds=SYNTHETIC_SECONDS).audio
+    assert src.audio.dtype == np.float32 and len(src.audio) == len(speech) == src.n_frames * SAMPLES_PER_FRAME
+    # resampled 16 k → 44.1 k → 16 k through AAC: the same waveform, in time (no priming delay left in)
+    assert np.corrcoef(src.audio, speech)[0, 1] > 0.99
 
 
 @pytest.mark.parametrize("fps", [24, 30])
@@ -95,10 +115,12 @@ def test_missing_file(tmp_path):
     one_line(e.value, tmp_path / "nope.mp4", "not found")
 
 
-def test_file_without_video_stream(demo_audio):
+@pytest.mark.parametrize("wav", ["demo_audio", "synthetic_speech"])
+def test_file_without_video_stream(request, wav):
+    wav = request.getfixturevalue(wav)
     with pytest.raises(LipsyncInputError) as e:
-        FileSource(str(demo_audio))
-    one_line(e.value, demo_audio, "no video stream")
+        FileSource(str(wav))
+    one_line(e.value, wav, "no video stream")
 
 
 def test_video_without_audio_and_no_audio_given(tmp_path):
@@ -118,8 +140,9 @@ def test_truncated_mp4_without_index(tmp_path):
     one_line(e.value, path, "truncated")
 
 
-def test_truncated_mp4_with_index_first_is_not_silently_partial(tmp_path, demo_video):
-    with av.open(str(demo_video)) as src, av.open(str(tmp_path / "fs.mp4"), "w",
+@pytest.mark.parametrize("clip", ["demo_video", "synthetic_clip"])
+def test_truncated_mp4_with_index_first_is_not_silently_partial(tmp_path, request, clip):
+    with av.open(str(request.getfixturevalue(clip))) as src, av.open(str(tmp_path / "fs.mp4"), "w",
                                                    options={"movflags": "faststart"}) as dst:
         vin, ain = src.streams.video[0], src.streams.audio[0]
         vout, aout = dst.add_stream_from_template(vin), dst.add_stream_from_template(ain)
@@ -131,7 +154,7 @@ def test_truncated_mp4_with_index_first_is_not_silently_partial(tmp_path, demo_v
     data = (tmp_path / "fs.mp4").read_bytes()
     cut = tmp_path / "cut_fs.mp4"
     cut.write_bytes(data[: int(len(data) * 0.6)])
-    src = FileSource(str(cut))  # the index is intact, so it opens and promises 250 frames
+    src = FileSource(str(cut))  # the index is intact, so it opens and promises every frame
     with pytest.raises(LipsyncInputError) as e:
         list(src.frames())
     one_line(e.value, cut, "truncated")

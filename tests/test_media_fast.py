@@ -28,6 +28,17 @@ def test_swscale_at_the_decoded_size_gives_the_same_pixels(demo_video, demo_audi
     assert all(np.array_equal(a, b) for a, b in zip(base, fast))
 
 
+def test_swscale_on_the_synthetic_clip(synthetic_clip):
+    """At the decoded size: cv2's very pixels; shrunk to 256²: within OpenCV's area resize's reach."""
+    base = frames(FileSource(str(synthetic_clip), max_frames=3))
+    fast = frames(FileSource(str(synthetic_clip), max_frames=3, convert="swscale"))
+    assert len(base) == len(fast) == 3 and all(np.array_equal(a, b) for a, b in zip(base, fast))
+    small = frames(FileSource(str(synthetic_clip), max_frames=2, short_side=256), 2)
+    small_fast = frames(FileSource(str(synthetic_clip), max_frames=2, short_side=256, convert="swscale"), 2)
+    assert [f.shape for f in small_fast] == [(256, 256, 3)] * 2
+    assert all(mean_diff(a, b) < 3 for a, b in zip(small, small_fast))
+
+
 def test_swscale_resizing_is_close_to_opencvs(demo_video, demo_audio, partial_face_clip):
     base = frames(FileSource(str(demo_video), str(demo_audio), max_frames=2, short_side=720), 2)
     fast = frames(FileSource(str(demo_video), str(demo_audio), max_frames=2, short_side=720, convert="swscale"), 2)
@@ -54,9 +65,20 @@ def test_swscale_conforms_30fps_like_the_baseline(tmp_path):
     assert len(base) == len(fast) == 25 and all(np.array_equal(a, b) for a, b in zip(base, fast))
 
 
+def demo_pictures() -> list[np.ndarray]:
+    """6 frames of the embedded demo at 272×272 (the photograph's colours, no data folder needed)."""
+    from lipsync_lab.media.demo import DemoSource
+
+    return list(DemoSource(seconds=0.24, size=272).frames())
+
+
+@pytest.mark.parametrize("pictures", ["real", "demo"])
 @pytest.mark.parametrize("preset,threads", [("veryfast", 0), ("ultrafast", 1)])
-def test_cv2_conversion_in_the_sink_keeps_the_colours(tmp_path, real_frames, preset, threads):
-    pics = [f[::4, ::4].copy() for f in real_frames[:6]]  # 270×480 of the real clip
+def test_cv2_conversion_in_the_sink_keeps_the_colours(tmp_path, request, pictures, preset, threads):
+    if pictures == "real":
+        pics = [f[::4, ::4].copy() for f in request.getfixturevalue("real_frames")[:6]]  # 270×480 of the real clip
+    else:
+        pics = demo_pictures()
     h, w = pics[0].shape[:2]
     decoded = {}
     for convert in ("swscale", "cv2"):
@@ -81,8 +103,8 @@ def test_odd_sizes_still_go_through_ffmpeg_with_cv2(tmp_path):
     assert np.abs(next(iter(src.frames())).astype(int) - 100).max() <= 2
 
 
-def test_unknown_conversions_are_input_errors(tmp_path, demo_video):
+def test_unknown_conversions_are_input_errors(tmp_path, synthetic_clip):
     with pytest.raises(LipsyncInputError, match="sink.convert"):
         Mp4Sink(str(tmp_path / "o.mp4"), 64, 48, convert="numpy")
     with pytest.raises(LipsyncInputError, match="source.convert"):
-        FileSource(str(demo_video), max_frames=1, convert="numpy")
+        FileSource(str(synthetic_clip), max_frames=1, convert="numpy")  # a readable file: only the option is wrong

@@ -1,6 +1,6 @@
 """Notebooks run top to bottom with small parameters on the CPU, through the same runner a user's headless run uses
-(lipsync_lab.notebooks: the kernel runs in notebooks/, on the project's kernel), write their figures under the
-project's results/ and leave nothing behind in notebooks/."""
+(lipsync_lab.notebooks: the kernel runs in notebooks/, on this interpreter, registered as the project's kernel or
+not), write their figures under the project's results/ and leave nothing behind in notebooks/."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ import nbformat
 import pytest
 
 from conftest import ROOT
-from lipsync_lab.notebooks import KERNEL_NAME, execute, inject_parameters, parameter_names, parameters_cell
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
+
+from lipsync_lab.notebooks import (KERNEL_NAME, execute, inject_parameters, parameter_names, parameters_cell,
+                                   resolve_kernel, same_interpreter)
 from lipsync_lab.lab import STREAM_KEYS, summaries
 from lipsync_lab.paths import RESULTS_DIR
 
@@ -61,13 +64,51 @@ def test_notebook_is_committed_clean_and_parameterised(path: Path):
 
 
 def test_the_project_kernel_is_this_environment():
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    try:
-        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
-    except Exception as e:  # noqa: BLE001
-        pytest.fail(f"the {KERNEL_NAME!r} kernel is not installed ({e}): run make install")
+    """Whether or not `make install` registered the kernel: the one the runner starts runs this interpreter."""
+    manager, spec, note = resolve_kernel(KERNEL_NAME)
+    assert manager.get_kernel_spec(KERNEL_NAME).argv == spec.argv  # what the kernel manager will start
     assert Path(spec.argv[0]).absolute() == Path(sys.executable).absolute(), spec.argv
+    assert "ipykernel_launcher" in spec.argv and "{connection_file}" in spec.argv
+
+
+def _no_kernels(self, name):
+    raise NoSuchKernel(name)
+
+
+def test_same_interpreter(tmp_path):
+    assert same_interpreter(sys.executable)
+    assert not same_interpreter(str(tmp_path / "no_such_python"))
+    # the same binary elsewhere is another environment (a venv's python is a link to the system's, for one)
+    (tmp_path / "python").symlink_to(sys.executable)
+    assert not same_interpreter(str(tmp_path / "python"))
+
+
+def test_an_unregistered_kernel_runs_the_notebook_on_this_interpreter(tmp_path, monkeypatch, capsys):
+    """As after `pip install -e ".[dev]"` alone: jupyter_client finds no kernel by the notebook's name."""
+    monkeypatch.setattr(KernelSpecManager, "get_kernel_spec", _no_kernels)
+    _, spec, note = resolve_kernel(KERNEL_NAME)
+    assert spec.argv[0] == sys.executable and "not registered" in note and "\n" not in note
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("X = 1", metadata={"tags": ["parameters"]}),
+                                         nbformat.v4.new_code_cell("import sys\nprint(sys.executable, X)")])
+    nb.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "lipsync_lab (.venv)", "language": "python"}
+    nbformat.write(nb, tmp_path / "t.ipynb")
+    out = execute(tmp_path / "t.ipynb", {"X": 5}, tmp_path / "out.ipynb", timeout=120)
+    assert out.cells[2].outputs[0]["text"] == f"{sys.executable} 5\n"
+    assert capsys.readouterr().err.splitlines() == [note]  # said once, in one line
+    with pytest.raises(ValueError, match="no Jupyter kernel named 'lipsync_lab'"):  # named on purpose: not swapped
+        execute(tmp_path / "t.ipynb", kernel_name=KERNEL_NAME)
+
+
+def test_a_kernel_registered_for_another_interpreter_is_not_used(monkeypatch):
+    other = KernelSpec(name=KERNEL_NAME, argv=["/usr/bin/python3", "-m", "ipykernel_launcher", "-f",
+                                               "{connection_file}"], display_name="elsewhere", language="python")
+    monkeypatch.setattr(KernelSpecManager, "get_kernel_spec", lambda self, name: other)
+    monkeypatch.setattr(sys, "executable", str(ROOT / ".venv" / "bin" / "python"))  # a venv's, whatever runs this
+    manager, spec, note = resolve_kernel(KERNEL_NAME)
+    assert spec.argv[0] == sys.executable and manager.get_kernel_spec(KERNEL_NAME) is spec
+    assert note == (f"the {KERNEL_NAME!r} kernel runs /usr/bin/python3, not this interpreter: running the notebook "
+                    f"on {sys.executable}")
+    assert resolve_kernel(KERNEL_NAME, strict=True)[1] is other  # --kernel: as registered
 
 
 def test_parameters_are_injected_after_the_parameters_cell_and_checked():

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import SYNTHETIC_SIZE
 from lipsync_lab.errors import LipsyncInputError
 from lipsync_lab.media.file import FileSource, resized_size
 
@@ -28,6 +29,16 @@ def test_short_side_720_gives_720x1280_frames(demo_video, demo_audio):
     native = first_frames(FileSource(str(demo_video), str(demo_audio), max_frames=1))[0]
     assert native.shape == (1920, 1080, 3)
     assert np.array_equal(frames[0], cv2.resize(native, (720, 1280), interpolation=cv2.INTER_AREA))
+
+
+def test_shrinking_the_synthetic_clip_is_opencvs_area_resize(synthetic_clip):
+    source = FileSource(str(synthetic_clip), max_frames=2, short_side=256)  # its own audio track
+    assert (source.width, source.height) == (256, 256)
+    frames = first_frames(source)
+    assert [f.shape for f in frames] == [(256, 256, 3)] * 2 and frames[0].dtype == np.uint8
+    native = first_frames(FileSource(str(synthetic_clip), max_frames=1))[0]
+    assert native.shape == (SYNTHETIC_SIZE, SYNTHETIC_SIZE, 3)
+    assert np.array_equal(frames[0], cv2.resize(native, (256, 256), interpolation=cv2.INTER_AREA))
 
 
 def test_no_short_side_keeps_the_clip_size(demo_video, demo_audio):
@@ -58,6 +69,14 @@ def test_resized_frames_get_their_own_landmark_cache_key(demo_video, demo_audio)
     assert same.content_key() == native.content_key() != small.content_key()
 
 
-def test_a_nonsense_short_side_is_an_input_error(demo_video, demo_audio):
-    with pytest.raises(LipsyncInputError):
-        FileSource(str(demo_video), str(demo_audio), max_frames=1, short_side=0)
+def test_the_synthetic_clip_resized_gets_its_own_landmark_cache_key(synthetic_clip):
+    native = FileSource(str(synthetic_clip), max_frames=1)
+    same = FileSource(str(synthetic_clip), max_frames=1, short_side=SYNTHETIC_SIZE)  # no resize: same key
+    small = FileSource(str(synthetic_clip), max_frames=1, short_side=256)
+    assert same.content_key() == native.content_key() != small.content_key()
+
+
+@pytest.mark.parametrize("clip", ["demo_video", "synthetic_clip"])
+def test_a_nonsense_short_side_is_an_input_error(request, clip):
+    with pytest.raises(LipsyncInputError, match="source.short_side"):
+        FileSource(str(request.getfixturevalue(clip)), max_frames=1, short_side=0)

@@ -92,3 +92,81 @@ class DemoSource:
         for k in range(self.n_frames):
             yield cv2.warpAffine(self.photo, self._motion(k), (self.width, self.height),
                                  flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The demo as files: what stands in for LatentSync's demo clip where the data folder (lipsync_lab.paths.DATA_DIR)
+# lacks it, and what the tests use to exercise the file source without it.
+
+
+def _cached(stem: str, suffix: str):
+    from lipsync_lab.paths import CACHE_DIR
+
+    return CACHE_DIR / "demo" / f"{stem}{suffix}"
+
+
+def _replace_into(path, write) -> None:
+    """Call write(tmp) on a temporary name beside `path`, then move it into place: a reader (another notebook, a
+    second test process) never sees a half-written file, and an interrupted write leaves no cache behind."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def demo_clip(path=None, seconds: float = 4.0, size: int = 512, seed: int = 0, rate: int = 44100,
+              channels: int = 2):
+    """The embedded demo written as an mp4: H.264 frames (`size`² at 25 fps) and its speech as an AAC track at
+    `rate` Hz with `channels` channels — a camera's 44.1 kHz stereo by default, so whoever reads it resamples and
+    down-mixes as with a real clip. Returns the path: `path`, or (None) a file under the project's .cache/demo/ named
+    by the parameters, written once and reused."""
+    from fractions import Fraction
+
+    import av
+
+    source = DemoSource(seconds=seconds, size=size, seed=seed)
+    if path is None:
+        path = _cached(f"{source.content_key()}-{seconds:g}s-{rate}hz{channels}ch", ".mp4")
+        if path.is_file():
+            return path
+
+    def write(tmp):
+        with av.open(str(tmp), "w", format="mp4") as c:
+            v = c.add_stream("libx264", rate=FPS, options={"crf": "18"})  # near-lossless: dlib sees the photo's face
+            v.width, v.height, v.pix_fmt = source.width, source.height, "yuv420p"
+            a = c.add_stream("aac", rate=rate, layout="stereo" if channels == 2 else "mono")
+            for i, frame in enumerate(source.frames()):
+                vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+                vf.pts, vf.time_base = i, Fraction(1, FPS)
+                c.mux(v.encode(vf))
+            c.mux(v.encode(None))
+            speech = signal.resample_poly(source.audio, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else source.audio
+            planes = np.ascontiguousarray(np.repeat(speech[None].astype(np.float32), channels, axis=0))
+            af = av.AudioFrame.from_ndarray(planes, format="fltp", layout=a.layout.name)
+            af.sample_rate, af.pts, af.time_base = rate, 0, Fraction(1, rate)
+            c.mux(a.encode(af))
+            c.mux(a.encode(None))
+
+    _replace_into(path, write)
+    return path
+
+
+def demo_speech(path=None, seconds: float = 10.0, seed: int = 0):
+    """The embedded demo's speech written as a 16 kHz mono 16-bit wav. Returns the path: `path`, or (None) a file
+    under the project's .cache/demo/ named by the parameters, written once and reused."""
+    from scipy.io import wavfile
+
+    if path is None:
+        path = _cached(f"speech-v1-seed{seed}-{seconds:g}s", ".wav")
+        if path.is_file():
+            return path
+    pcm = np.round(speech_like_audio(seconds, seed) * 32767).astype(np.int16)
+    _replace_into(path, lambda tmp: wavfile.write(tmp, SAMPLE_RATE, pcm))
+    return path
