@@ -7,6 +7,7 @@ keys; `load_strict` loads them with every misfit — missing, unexpected, other 
 
 from __future__ import annotations
 
+import pickle
 import re
 import zipfile
 from collections.abc import Callable, Mapping
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from torch.serialization import MAGIC_NUMBER
 
 from lipsync_lab.errors import LipsyncInputError
 
@@ -24,11 +26,37 @@ def first_line(error: BaseException) -> str:
     return text[0].split(". ")[0][:160] if text else type(error).__name__
 
 
-def _weights_only_refusal(error: Exception) -> str:
-    found = re.search(r"GLOBAL (\S+)", str(error))
-    what = f"a pickled {found.group(1)}" if found else "pickled Python objects"
-    return (f"holds {what}, which torch.load(weights_only=True) refuses to load because unpickling it could run "
-            f"code; re-save only its tensors")
+# How a file torch.save wrote begins: its zip format with a zip local-file header (what torch's own `_is_zipfile`
+# looks for), its legacy format with MAGIC_NUMBER pickled on its own, in whichever protocol pickle_protocol= chose.
+_ZIP_HEAD = b"PK\x03\x04"
+_LEGACY_HEADS = tuple({pickle.dumps(MAGIC_NUMBER, protocol=p) for p in range(pickle.HIGHEST_PROTOCOL + 1)})
+
+# torch.load(weights_only=True) wraps *every* UnpicklingError in "Weights only load failed…", random bytes included
+# (their first byte is seldom an opcode its unpickler knows). A refused object reference reads, in torch's
+# _weights_only_unpickler: "Unsupported global: GLOBAL mod.Name was not an allowed global by default" or
+# "Trying to load unsupported GLOBAL mod.Name whose module mod is blocked". The name must also be a dotted Python
+# name, so that garbage which happens to decode as a GLOBAL opcode is not taken for a pickled class.
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*) (?:was not an allowed global|whose module \S+ is blocked)")
+
+
+def _begins_like_torch_save(path: Path) -> bool:
+    with path.open("rb") as f:
+        head = f.read(max(map(len, _LEGACY_HEADS)))
+    return head.startswith((_ZIP_HEAD, *_LEGACY_HEADS))
+
+
+def _torch_reason(error: Exception) -> str:
+    """torch.load's own reason, without the weights_only wrapper (whose first line is the same for every file)."""
+    text = str(error)
+    for wrapper in ("WeightsUnpickler error:", "Weights only load failed."):
+        if wrapper in text:
+            text = text.split(wrapper, 1)[1]
+            break
+    return first_line(Exception(text))
+
+
+def _unreadable(path: Path, reason: str) -> LipsyncInputError:
+    return LipsyncInputError(path, f"not a readable PyTorch checkpoint, truncated or corrupt? ({reason})")
 
 
 def read_checkpoint(path: str | Path) -> Mapping:
@@ -41,14 +69,22 @@ def read_checkpoint(path: str | Path) -> Mapping:
             return load_file(path)
         except Exception as e:  # safetensors raises its own error type, or OSError
             raise LipsyncInputError(path, f"not a readable safetensors file ({first_line(e)})") from None
+    if path.stat().st_size == 0:
+        raise _unreadable(path, "empty file")
+    if not _begins_like_torch_save(path):
+        # not handed to torch.load: it would wrap the garbage's first bad opcode in its weights_only message (and
+        # warn about the "pickle protocol" a stray 0x80 byte announces)
+        raise _unreadable(path, "starts like neither torch.save format: no zip header, no legacy magic number")
     try:
         # mmap keeps a 5 GB checkpoint out of RAM until copied into the model; only the zip format supports it
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # a bad file surfaces as RuntimeError, KeyError, EOFError, UnpicklingError, ...
-        if "weights only load failed" in str(e).lower():
-            raise LipsyncInputError(path, _weights_only_refusal(e)) from None
-        raise LipsyncInputError(path, f"not a readable PyTorch checkpoint, truncated or corrupt? "
-                                      f"({first_line(e)})") from None
+        refused = _REFUSED_GLOBAL.search(str(e))
+        if refused:  # a well-formed checkpoint that pickles a class or function beside its tensors
+            raise LipsyncInputError(path, f"holds a pickled {refused.group(1)}, which torch.load(weights_only=True) "
+                                          f"refuses to load because unpickling it could run code; re-save only "
+                                          f"its tensors") from None
+        raise _unreadable(path, _torch_reason(e)) from None
     if not isinstance(obj, Mapping):
         raise LipsyncInputError(path, f"holds a {type(obj).__name__}, not a dict of tensors")
     return obj

@@ -9,6 +9,10 @@ the loader and in this inverse cannot pass.
 from __future__ import annotations
 
 import argparse
+import collections
+import os
+import pickle
+import random
 import re
 
 import pytest
@@ -24,6 +28,7 @@ from lipsync_lab.audio.whisper import TINY, WhisperFeatures
 from lipsync_lab.build import build_unet, build_vae
 from lipsync_lab.config import compose
 from lipsync_lab.errors import LipsyncInputError
+from lipsync_lab.weights import read_checkpoint
 
 SMALL = ["model.unet.block_out_channels=[32,64]", "model.unet.down_block_types=[CrossAttnDownBlock2D,DownBlock2D]",
          "model.unet.up_block_types=[UpBlock2D,CrossAttnUpBlock2D]", "model.unet.norm_num_groups=8"]
@@ -349,3 +354,83 @@ def test_vae_folder_without_config_is_an_error(tmp_path):
     cfg = compose(["vae=kl", f"vae.path={tmp_path}"])
     with pytest.raises(LipsyncInputError, match=r"not a diffusers model folder \(no config\.json\)$"):
         build_vae(cfg)
+
+
+# -- corrupt files are not "pickled objects" (issue #14) -----------------------------------------------------------
+# torch.load(weights_only=True) wraps any unpickling error of random bytes in its "Weights only load failed" message;
+# only a well-formed torch.save file whose unpickler refused a class or function may be reported as pickled objects.
+CORRUPT = r"^not a readable PyTorch checkpoint, truncated or corrupt\? \(.+\)$"
+
+
+class _StateDictSubclass(collections.OrderedDict):  # a subclass is a GLOBAL of this module, not on the allow-list
+    pass
+
+
+class _TrainingArgs:
+    def __init__(self):
+        self.lr = 1e-5
+
+
+def _message(path) -> str:
+    """read_checkpoint's one-line error, without the path it starts with."""
+    with pytest.raises(LipsyncInputError) as info:
+        read_checkpoint(path)
+    text = str(info.value)
+    assert "\n" not in text and text.startswith(f"{path}: "), text
+    return text[len(f"{path}: "):]
+
+
+def _saved(tmp_path, name, obj, legacy=False):
+    path = tmp_path / name
+    torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+def test_random_bytes_are_corrupt_not_pickled_objects(tmp_path):
+    rng = random.Random(14)
+    sizes = [4096] * 40 + [1, 7, 100, 65536, 1_000_003]
+    for i, size in enumerate(sizes):
+        path = tmp_path / f"random{i}.pt"
+        path.write_bytes(rng.randbytes(size))
+        text = _message(path)
+        assert re.search(CORRUPT, text) and "holds a pickled" not in text, (size, text)
+    # random bodies behind each torch.save header pass the format check: torch's own reason must still win
+    zip_head = _saved(tmp_path, "zip.pt", {"w": torch.zeros(2)}).read_bytes()[:4]
+    legacy_head = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)
+    for i in range(20):
+        path = tmp_path / f"headed{i}.pt"
+        path.write_bytes((zip_head, legacy_head)[i % 2] + rng.randbytes(4096))
+        text = _message(path)
+        assert re.search(CORRUPT, text) and "holds a pickled" not in text, (i, text)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    assert re.search(CORRUPT, _message(tmp_path / "empty.pt"))
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_truncated_checkpoints_are_corrupt(tmp_path, legacy):
+    full = _saved(tmp_path, "full.pt", {"state_dict": {"w": torch.randn(64, 64)}, "global_step": 0},
+                  legacy).read_bytes()
+    for keep in (3, 64, len(full) // 2, len(full) - 10):
+        path = tmp_path / f"cut{keep}.pt"
+        path.write_bytes(full[:keep])
+        text = _message(path)
+        assert re.search(CORRUPT, text) and "holds a pickled" not in text, (keep, text)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+@pytest.mark.parametrize("obj, name", [
+    ({"state_dict": _StateDictSubclass(w=torch.zeros(2))}, rf"{__name__}\._StateDictSubclass"),
+    ({"state_dict": {"w": torch.zeros(2)}, "args": _TrainingArgs()}, rf"{__name__}\._TrainingArgs"),
+    ({"state_dict": {"w": torch.zeros(2)}, "hook": os.system}, r"(posix|nt)\.system"),  # a blocked module
+], ids=["ordereddict-subclass", "custom-class", "blocked-function"])
+def test_pickled_objects_in_a_real_checkpoint_are_named(tmp_path, legacy, obj, name):
+    text = _message(_saved(tmp_path, "objects.pt", obj, legacy))
+    assert re.fullmatch(rf"holds a pickled {name}, which torch\.load\(weights_only=True\) refuses to load because "
+                        rf"unpickling it could run code; re-save only its tensors", text), text
+
+
+def test_a_random_model_checkpoint_is_reported_corrupt_by_the_model_build(tmp_path):
+    path = tmp_path / "latentsync_unet.pt"
+    path.write_bytes(random.Random(0).randbytes(4096))
+    with pytest.raises(LipsyncInputError, match=rf"^{re.escape(str(path))}: not a readable PyTorch checkpoint"):
+        build_unet(small_cfg("latentsync_v1", path))
