@@ -91,8 +91,29 @@ def _by_device(cpu_value, cuda_value, *, _root_):
     return cuda_value if device.startswith("cuda") else cpu_value
 
 
+# input files a sweep job's folder names by file stem; override_dirname leaves their keys out (their slashes would
+# nest folders), so without these a sweep over clips made folders that differed only by job number
+INPUT_KEYS = {"source.video": "video", "source.audio": "audio"}
+
+
+def _job_dirname(override_dirname: str, *, _root_) -> str:
+    """`${lipsync_job_dirname:${hydra.job.override_dirname}}`: a sweep job's folder name, Hydra's override_dirname
+    then `video=<stem>` / `audio=<stem>` for the input files the job's overrides choose."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    settings = _root_.hydra.job.config.override_dirname
+    overrides = OverridesParser.create().parse_overrides(list(_root_.hydra.overrides.task))
+    inputs = [_token(f"{INPUT_KEYS[o.key_or_group]}{settings.kv_sep}{Path(str(o.value())).stem}")
+              for o in overrides if o.key_or_group in INPUT_KEYS and not o.is_delete() and o.value() is not None]
+    # override_dirname is the overrides' text as given: a value with a slash (a path under a key not excluded)
+    # would nest the job's folder
+    parts = [override_dirname.replace("/", "_")] if override_dirname else []
+    return settings.item_sep.join(parts + sorted(inputs))
+
+
 OmegaConf.register_new_resolver("lipsync_variant", _variant_resolver, replace=True)
 OmegaConf.register_new_resolver("lipsync_by_device", _by_device, replace=True)
+OmegaConf.register_new_resolver("lipsync_job_dirname", _job_dirname, replace=True)
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:
