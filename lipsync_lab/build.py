@@ -117,11 +117,11 @@ def build_diffusion(cfg: DictConfig, device: torch.device = torch.device("cpu"),
         return PassthroughDiffusion(cfg.model.resolution, device, cfg.face.mask_path)
     unet = build_unet(cfg).to(device, dtype)
     vae = build_vae(cfg).to(device, dtype)
-    optimize(unet, vae, cfg.optimize, cfg.compile)
+    report = optimize(unet, vae, cfg.optimize, cfg.compile)
     return LipsyncDiffusion(
         unet, vae, build_scheduler(cfg), mouth_mask(cfg.model.resolution, cfg.face.mask_path),
         steps=cfg.steps, guidance_scale=cfg.guidance_scale, frames=cfg.batch_frames,
-        static_shapes=cfg.compile.static_shapes, device=device, dtype=dtype, seed=cfg.seed)
+        static_shapes=cfg.compile.static_shapes, device=device, dtype=dtype, seed=cfg.seed, compile_report=report)
 
 
 def build_audio_front_end(cfg: DictConfig, device: torch.device, dtype: torch.dtype):

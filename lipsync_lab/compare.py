@@ -8,7 +8,7 @@ baseline's median over the run's median (> 1 = faster), measured in the same swe
 face crops (`crops.npz`, lossless) frame by frame over the mouth region the model regenerates: mean and max
 |difference| in grey levels and PSNR (inf = identical); 0 / inf for the baseline against itself. The table is
 printed and written beside the runs as comparison.csv and comparison.md. A multirun prints it at its end (the
-`CompareAfterSweep` Hydra callback).
+`sweep.CompareAfterSweep` Hydra callback).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from hydra.experimental.callback import Callback
 
 from lipsync_lab.results import collect_runs, run_index
 from lipsync_lab.timing import TOP_LEVEL
@@ -32,6 +31,8 @@ log = logging.getLogger(__name__)
 
 STAGE_COLUMNS = [*TOP_LEVEL[:4], "denoise", "decode", *TOP_LEVEL[4:]]  # read face audio diffusion (…) restore write
 TFLOPS_COLUMNS = ["denoise", "decode"]  # stages whose achieved TFLOP/s the table shows
+MEMORY_COLUMNS = {"model_mb": "model MB", "inference_mb": "inference MB", "vram_peak_mb": "VRAM peak MB",
+                  "rss_peak_mb": "RSS peak MB"}
 
 
 def load_crops(run_dir: str | os.PathLike) -> dict | None:
@@ -84,6 +85,9 @@ def compare(paths, baseline: str | None = None) -> pd.DataFrame:
             row.update({f"{k}_tflops": summary["stages"].get(k, {}).get("tflops") for k in TFLOPS_COLUMNS})
             stream = summary.get("stream") or {}  # measured on the stream (absent in older runs)
             row.update(stream_fps=stream.get("sustained_fps"), first_frame_s=stream.get("first_frame_latency_s"))
+            memory = summary.get("memory") or {}  # absent in older runs
+            row.update(model_mb=memory.get("model_mb"), inference_mb=memory.get("inference_mb"),
+                       vram_peak_mb=memory.get("stream_peak_allocated_mb"), rss_peak_mb=memory.get("rss_peak_mb"))
             row.update(total=summary["batch_total_median"], fps=summary["fps"], frames=summary["steady_frames"],
                        compile_s=summary.get("compile_s"),
                        graphs_after_warmup=summary.get("graphs_compiled_after_warmup"),
@@ -118,37 +122,50 @@ def _num(value, fmt: str) -> str:
     return format(value, fmt)
 
 
+def _md_cell(value: object) -> str:
+    """One Markdown table cell: a bare `|` would end the cell early (headers like `mean |Δ|`, error texts), a line
+    break would end the row, so pipes are escaped and line breaks folded into spaces."""
+    return " ".join(str(value).splitlines()).replace("|", "\\|")
+
+
 def format_table(table: pd.DataFrame) -> str:
     """Markdown: one row per run, stage medians in ms, ratios and drift against the baseline (marked *)."""
     stages = [k for k in STAGE_COLUMNS if k in table and table[k].notna().any()]
     tflops = [k for k in TFLOPS_COLUMNS if f"{k}_tflops" in table and table[f"{k}_tflops"].notna().any()]
     # the stream's own figures: under executor=pipelined stages overlap, and only these say how fast it went
     stream = [k for k in ("stream_fps", "first_frame_s") if k in table and table[k].notna().any()]
+    # memory: the device's (CUDA: the models' and what inference adds) where measured; the process's peak RSS always
+    memory = [k for k in MEMORY_COLUMNS if k in table and table[k].notna().any()]
     head = ["run", *[f"{k} ms" for k in stages], "total ms", "fps",
             *[{"stream_fps": "stream fps", "first_frame_s": "first frame s"}[k] for k in stream],
-            *[f"{k} TFLOP/s" for k in tflops],
+            *[f"{k} TFLOP/s" for k in tflops], *[MEMORY_COLUMNS[k] for k in memory],
             "speed-up", "diffusion speed-up",
             "compile s", "recompiles", "mean |Δ|", "max |Δ|", "PSNR dB"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def row(cells: list) -> str:
+        return "| " + " | ".join(map(_md_cell, cells)) + " |"
+
+    lines = [row(head), "|" + "---|" * len(head)]
     for r in table.to_dict("records"):
         name = r["run"] + (" *" if r.get("baseline") else "")
         if r["status"] != "ok":
-            lines.append("| " + " | ".join([name, f"{r['status']}: {r.get('error') or 'no summary'}"]
-                                            + [""] * (len(head) - 2)) + " |")
+            lines.append(row([name, f"{r['status']}: {r.get('error') or 'no summary'}"] + [""] * (len(head) - 2)))
             continue
         cells = [name, *[_num(1000 * r[k], ".1f") for k in stages], _num(1000 * r["total"], ".1f"),
                  _num(r["fps"], ".2f"), *[_num(r.get(k), ".2f") for k in stream],
-                 *[_num(r.get(f"{k}_tflops"), ".3g") for k in tflops],
+                 *[_num(r.get(f"{k}_tflops"), ".3g") for k in tflops], *[_num(r.get(k), ".0f") for k in memory],
                  _num(r.get("speedup"), ".2f"), _num(r.get("diffusion_speedup"), ".2f"),
                  _num(r.get("compile_s"), ".1f"), _num(r.get("graphs_after_warmup"), ".0f"),
                  _num(r.get("drift_mean_abs"), ".3f"), _num(r.get("drift_max_abs"), ".0f"),
                  _num(r.get("psnr_db"), ".1f")]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(row(cells))
     devices = sorted(set(table["device"].dropna())) if "device" in table else []
     lines.append("")
     lines.append(f"Steady-state medians per batch; * = baseline (speed-up = its time / the run's); fps = frames / "
                  f"summed stage times, stream fps = measured output rate (they differ when stages overlap: "
-                 f"executor=pipelined); drift over the regenerated mouth region of the lossless crops. "
+                 f"executor=pipelined); drift over the regenerated mouth region of the lossless crops; memory in MB "
+                 f"(model / inference: device memory the models hold / inference adds at its peak; RSS: the "
+                 f"process's high-water mark). "
                  f"Device: {'; '.join(devices) or 'unknown'}.")
     return "\n".join(lines)
 
@@ -160,21 +177,6 @@ def write_comparison(table: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[P
     table.to_csv(csv, index=False)
     md.write_text(format_table(table) + "\n")
     return csv, md
-
-
-class CompareAfterSweep(Callback):
-    """Hydra callback: when a multirun ends, print its comparison table and write it into the sweep folder."""
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        sweep_dir = config.hydra.sweep.dir
-        try:
-            table = compare(sweep_dir)
-            csv, md = write_comparison(table, sweep_dir)
-        except (SystemExit, Exception) as e:  # a report must not turn a finished sweep into a failed command
-            log.warning("comparison of %s failed: %s", sweep_dir, e)
-            return
-        print(format_table(table))
-        print(f"Comparison: {md} and {csv.name}")
 
 
 def main(argv: list[str] | None = None) -> None:

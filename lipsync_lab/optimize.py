@@ -11,6 +11,7 @@ visibly (the run counts graphs compiled after warm-up) instead of silently switc
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass, field
 
 import torch
 from omegaconf import DictConfig
@@ -22,6 +23,44 @@ log = logging.getLogger(__name__)
 
 COMPILE_TARGETS = ("unet", "vae")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+
+
+def graphs_compiled() -> int:
+    """Graphs torch.compile has compiled in this process so far (a recompilation adds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+@dataclass
+class CompileReport:
+    """What `optimize` applied, and what compiling cost: the run records it in its summary (`compile`)."""
+
+    targets: list[str] = field(default_factory=list)  # what torch.compile wraps: unet, vae
+    mode: str = "default"
+    fullgraph: bool = False
+    static_shapes: bool = False
+    flags: dict = field(default_factory=dict)         # the optimize.* flags as applied
+    compile_s: float | None = None       # the warm-up call's wall time, when something was compiled
+    graphs_after_warmup: int | None = None  # graphs compiled once the warm-up batches were done (0: no recompile)
+    _graphs_at_warm: int | None = field(default=None, repr=False)
+
+    @property
+    def compiled(self) -> bool:
+        return bool(self.targets)
+
+    def warm(self) -> None:
+        """The warm-up is over (the warm-up call, and the stream's warm-up batches): count graphs from here."""
+        if self.compiled:
+            self._graphs_at_warm = graphs_compiled()
+
+    def finish(self) -> None:
+        """After the stream: how many graphs were compiled since `warm()` (None if it never came)."""
+        if self.compiled and self._graphs_at_warm is not None:
+            self.graphs_after_warmup = graphs_compiled() - self._graphs_at_warm
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
 
 def sdpa_backends(name: str | None) -> list | None:
@@ -37,8 +76,9 @@ def sdpa_backends(name: str | None) -> list | None:
     return [table[name]]
 
 
-def optimize(unet: LatentSyncUNet, vae: LatentVAE, flags: DictConfig, compile_cfg: DictConfig) -> list[str]:
-    """Apply the flags, then compile the chosen targets, in place. Returns what was compiled."""
+def optimize(unet: LatentSyncUNet, vae: LatentVAE, flags: DictConfig, compile_cfg: DictConfig) -> CompileReport:
+    """Apply the flags, then compile the chosen targets, in place. Returns what was applied (the run fills in the
+    compile time and the recompiles)."""
     if flags.fuse_qkv:
         unet.fuse_qkv_projections()
         vae.fuse_qkv_projections()
@@ -60,4 +100,7 @@ def optimize(unet: LatentSyncUNet, vae: LatentVAE, flags: DictConfig, compile_cf
     if targets:
         log.info("torch.compile %s (mode %s, fullgraph %s): compiled at the warm-up call", " + ".join(targets),
                  compile_cfg.mode, compile_cfg.fullgraph)
-    return targets
+    return CompileReport(targets=targets, mode=str(compile_cfg.mode), fullgraph=bool(compile_cfg.fullgraph),
+                         static_shapes=bool(compile_cfg.static_shapes),
+                         flags=dict(channels_last=bool(flags.channels_last), fuse_qkv=bool(flags.fuse_qkv),
+                                    sdpa=flags.sdpa))

@@ -238,3 +238,38 @@ def tflops_bars(df: pd.DataFrame, by: str = "variant",
     ax.invert_yaxis()
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
     return ax
+
+
+def memory_bars(df: pd.DataFrame, by: str = "variant", ax=None):
+    """Memory per run of the collected runs `df` (summary.json's `memory`): on CUDA the device memory the models
+    hold and what inference adds at its peak, stacked (diffusers' "model" and "inference" memory), beside the
+    process's peak resident memory; on the CPU resident memory only, and the axis says so."""
+    import json
+
+    rows = []
+    for run_dir, group in df.groupby("run_dir", sort=False):
+        memory = json.loads((Path(run_dir) / "summary.json").read_text()).get("summary", {}).get("memory")
+        if memory:
+            rows.append(dict(by=group[by].iloc[0], model=memory.get("model_mb"), inference=memory.get("inference_mb"),
+                             rss=memory.get("rss_peak_mb")))
+    if not rows:
+        raise ValueError("no memory figures in these runs' summaries (runs from before memory was recorded?)")
+    table = pd.DataFrame(rows).set_index("by")
+    device = table["model"].notna().any()
+    ax = ax or plt.subplots(figsize=(8, 0.5 * len(table) + 1.5))[1]
+    if device:
+        table[["model", "inference"]].rename(columns={"model": "device: models", "inference": "device: inference"}) \
+            .plot.barh(stacked=True, ax=ax, width=0.4, position=1)
+        table[["rss"]].rename(columns={"rss": "host: peak RSS"}).plot.barh(ax=ax, width=0.4, position=0,
+                                                                           color="grey")
+        ax.set_xlabel("MB (device: CUDA allocator; host: resident memory high-water mark)")
+    else:
+        table[["rss"]].rename(columns={"rss": "peak RSS"}).plot.barh(ax=ax, width=0.7, color="grey")
+        ax.set_xlabel("MB of resident memory (peak; a CPU run has no device memory)")
+    for container in ax.containers:
+        ax.bar_label(container, fmt="%.0f", fontsize="x-small", padding=2)
+    ax.margins(x=0.15)
+    ax.set_ylabel("")
+    ax.invert_yaxis()
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
+    return ax

@@ -4,7 +4,9 @@ timings.parquet — one row per batch × stage, plus one row per denoising step:
   run_id, batch, stage (key), label (printed label), parent (None = top-level stage; 'diffusion' for its eight
   sub-stages; 'denoise' for step rows), step (−1, or the step index), timestep (−1, or the scheduler's t),
   seconds, start_s (stage start since the stream began), frames (in the batch), face_frames, landmarks_cached
-  (frames whose landmarks were read from the landmark cache: the face stage then measured a read), warmup.
+  (frames whose landmarks were read from the landmark cache: the face stage then measured a read), warmup,
+  peak_allocated_mb / peak_reserved_mb (the device's peak memory while the stage ran: CUDA, stages not
+  overlapping; NaN otherwise), rss_mb (the process's resident memory when the stage ended).
 A batch's total is the sum of its top-level rows (parent is null). `skipped` says why diffusion did not run in a
 batch: "" (it ran), "no_face", "silent" (voice-activity gating).
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -30,13 +33,13 @@ import pandas as pd
 import torch
 
 from lipsync_lab.media.source import FPS
-from lipsync_lab.timing import LABELS, STAGES, STEP_STAGE
+from lipsync_lab.recording import stream_table, timings_table
+from lipsync_lab.timing import LABELS, MEMORY_COLUMNS, STAGES, STEP_STAGE, rss_peak_mb
 
 
 def timings_frame(rows: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(rows)
-    return df.astype({"batch": "int32", "step": "int32", "timestep": "int32", "frames": "int32",
-                      "face_frames": "int32", "landmarks_cached": "int32", "warmup": "bool", "seconds": "float64"})
+    """Timing rows (BatchTimer.rows) as timings.parquet holds them (recording.TIMINGS_SCHEMA)."""
+    return timings_table(rows).to_pandas()
 
 
 def batch_totals(df: pd.DataFrame) -> pd.DataFrame:
@@ -64,6 +67,11 @@ def summarize(df: pd.DataFrame) -> dict:
             continue
         stages[key] = dict(label=label, parent=parent, median=float(s.median()), p10=float(s.quantile(0.1)),
                            p90=float(s.quantile(0.9)), n=int(len(s)))
+        # memory: the highest over every batch, warm-up included (what the stage needs, not a typical value)
+        for column in MEMORY_COLUMNS:
+            if column in df:
+                peak = df.loc[df["stage"] == key, column].max()
+                stages[key][column] = None if pd.isna(peak) else float(peak)
     return dict(
         batches=int(len(totals)), steady_batches=int(len(steady)) if not includes_warmup else 0,
         includes_warmup=bool(includes_warmup), frames=int(totals["frames"].sum()),
@@ -95,6 +103,15 @@ def format_summary(summary: dict) -> str:
     lines = [f"Summary over {scope}, {summary['steady_frames']} frames",
              f"{'stage':<34}{'median s':>10}{'p10':>9}{'p90':>9}{'share':>8}"
              + (f"{'TFLOP/s':>9}" if tf else "") + (f"{'peak':>8}" if peak else "")]
+    # each stage's peak device memory, where measured (CUDA, stages not overlapping)
+    mem = any(s.get("peak_allocated_mb") is not None for s in st.values())
+    if mem:
+        lines[1] += f"{'peak MB':>9}"
+
+    def memory(s: dict) -> str:
+        return "" if not mem else f"{s['peak_allocated_mb']:>9.0f}" if s.get("peak_allocated_mb") is not None \
+            else " " * 9
+
     total = summary["batch_total_median"]
     for key, label, parent in STAGES:
         if key not in st:
@@ -102,7 +119,8 @@ def format_summary(summary: dict) -> str:
         s = st[key]
         name = ("    " if parent else "") + label
         share = "" if parent else f"{100 * s['median'] / total:7.1f}%" if total else ""
-        lines.append(f"{name:<34}{s['median']:>10.4f}{s['p10']:>9.4f}{s['p90']:>9.4f}{share:>8}{achieved(s)}")
+        lines.append(f"{name:<34}{s['median']:>10.4f}{s['p10']:>9.4f}{s['p90']:>9.4f}{share:>8}{achieved(s)}"
+                     f"{memory(s)}")
         if key == "denoise" and STEP_STAGE[0] in st:
             s = st[STEP_STAGE[0]]
             lines.append(f"{'    ' + LABELS[STEP_STAGE[0]]:<34}{s['median']:>10.4f}{s['p10']:>9.4f}{s['p90']:>9.4f}"
@@ -111,7 +129,9 @@ def format_summary(summary: dict) -> str:
                  f"{summary['batch_total_p90']:>9.4f}")
     lines.append(f"Throughput {summary['fps']:.2f} fps; real-time factor (batch time / batch duration) median "
                  f"{summary['rtf_median']:.2f} (< 1 keeps up with 25 fps)")
-    if summary.get("executor") == "PipelinedExecutor":
+    if mem:
+        lines.append("peak MB: the device's peak allocated memory while the stage ran (CUDA), any batch")
+    if summary.get("stages_overlap"):
         lines.append("(pipelined: stages overlap, so batch time = summed stage times is work, not wall time; the "
                      "stream's measured rate is below)")
     if tf:
@@ -126,8 +146,8 @@ MEMORY_SLOPE_MIN_S = 60.0
 
 
 def stream_frame(records: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(records).astype({"batch": "int32", "first_frame": "int64", "frames": "int32",
-                                         "warmup": "bool", "paced": "bool"})
+    """Per-batch stream records as stream.parquet holds them (recording.STREAM_SCHEMA)."""
+    return stream_table(records).to_pandas()
 
 
 def read_stream(run_dir: str | os.PathLike) -> pd.DataFrame:
@@ -200,22 +220,73 @@ def format_stream(s: dict) -> str:
             f"{memory}{skipped}")
 
 
-def write_run(run_dir: str | os.PathLike, df: pd.DataFrame, summary: dict, stream: pd.DataFrame | None = None) -> None:
+# -- memory ---------------------------------------------------------------------------------------------------
+
+
+def memory_summary(memory, streamed) -> dict:
+    """summary["memory"]: what the models hold and what inference adds on the device (CUDA; diffusers' "model
+    memory" and "inference memory"), and the process's resident memory. `memory`: timing.ModelMemory, `streamed`:
+    the executor's StreamResult. On the CPU, resident memory only, and it says so."""
+    out = dict(measured="device memory (CUDA allocator) and resident memory" if memory.cuda else
+               "resident memory (RSS) only: a CPU run has no device memory",
+               rss_before_build_mb=memory.rss_before_mb, rss_after_build_mb=memory.rss_built_mb,
+               rss_peak_mb=rss_peak_mb())
+    if memory.cuda:
+        stream_peak = None if math.isnan(streamed.peak_allocated_mb) else streamed.peak_allocated_mb - memory._base
+        peaks = [p for p in (memory.warmup_peak_mb, stream_peak) if p is not None]
+        out.update(model_mb=memory.model_mb, warmup_peak_mb=memory.warmup_peak_mb, stream_peak_allocated_mb=stream_peak,
+                   stream_peak_reserved_mb=None if math.isnan(streamed.peak_reserved_mb) else streamed.peak_reserved_mb,
+                   inference_mb=max(peaks) - memory.model_mb if peaks and memory.model_mb is not None else None)
+    return out
+
+
+def format_memory(m: dict) -> str:
+    rss = f"resident memory {m['rss_after_build_mb'] or 0:.0f} MB after building, peak {m['rss_peak_mb']:.0f} MB"
+    if m.get("model_mb") is None:
+        return f"Memory (RSS only: a CPU run has no device memory): {rss}"
+    inference = "" if m.get("inference_mb") is None else f", inference +{m['inference_mb']:.0f} MB"
+    reserved = "" if m.get("stream_peak_reserved_mb") is None else \
+        f" (stream peak reserved {m['stream_peak_reserved_mb']:.0f} MB)"
+    return f"Device memory: models {m['model_mb']:.0f} MB{inference}{reserved}; {rss}"
+
+
+# -- the run folder's status ------------------------------------------------------------------------------------
+
+STATUSES = ("ok", "interrupted", "failed", "incomplete")
+
+
+def _write_record(run_dir: str | os.PathLike, record: dict) -> None:
+    """summary.json, replaced atomically: a reader (or a kill) never sees half a file."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(run_dir / "timings.parquet", index=False)
-    if stream is not None:
-        stream.to_parquet(run_dir / "stream.parquet", index=False)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(tmp, run_dir / "summary.json")
+
+
+def write_running(run_dir: str | os.PathLike, meta: dict) -> None:
+    """Written when a run starts: a run killed before it ends (SIGKILL, power loss) leaves this, and the collectors
+    list its folder as incomplete."""
+    _write_record(run_dir, dict(status="running", pid=os.getpid(), meta=meta))
+
+
+def write_run(run_dir: str | os.PathLike, record: dict) -> None:
+    """The finished run's record: status (ok | interrupted), meta, summary."""
+    _write_record(run_dir, record)
+
+
+def write_ended(run_dir: str | os.PathLike, status: str, error: BaseException | str, meta: dict) -> None:
+    """Mark a run folder as failed or interrupted (and why), so collectors and notebooks say so instead of
+    skipping it."""
+    if isinstance(error, BaseException):
+        reason = str(error) if str(error) else type(error).__name__
+        error = f"{type(error).__name__}: {reason}"
+    _write_record(run_dir, dict(status=status, error=str(error).splitlines()[0] if str(error) else status,
+                                meta=meta))
 
 
 def write_failed(run_dir: str | os.PathLike, error: BaseException, meta: dict) -> None:
-    """Mark a run folder as failed (and why), so collectors and notebooks can say so instead of skipping it."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    reason = str(error) if str(error) else type(error).__name__
-    record = dict(status="failed", error=f"{type(error).__name__}: {reason}".splitlines()[0], meta=meta)
-    (run_dir / "summary.json").write_text(json.dumps(record, indent=2, default=str))
+    write_ended(run_dir, "failed", error, meta)
 
 
 class CropRecorder:
@@ -223,7 +294,7 @@ class CropRecorder:
     positions), `crops` (n, res, res, 3) and `regenerated` (res, res: 1 where the model paints, the mouth) — so
     variants can be compared on their generated pixels, not on a lossy re-encode of the output video."""
 
-    def __init__(self, limit: int | None, regenerated: np.ndarray):
+    def __init__(self, limit: int | None, regenerated: np.ndarray):  # regenerated: the stage's regenerated_region()
         self.limit = int(limit or 0)
         self.regenerated = np.asarray(regenerated, np.uint8)
         self.frames: list[int] = []
@@ -271,13 +342,26 @@ def run_index(paths: str | os.PathLike | list) -> pd.DataFrame:
             dirs |= {os.path.dirname(f) for f in glob.glob(os.path.join(match, "**", marker), recursive=True)}
     rows = []
     for d in sorted(dirs, key=_natural):
-        path = os.path.join(d, "summary.json")
-        record = json.loads(Path(path).read_text()) if os.path.exists(path) else {}
+        record = read_record(d)
         meta = record.get("meta", {})
-        status = record.get("status", "ok" if record.get("summary") else "incomplete")
-        rows.append(dict(run_dir=d, status=status, error=record.get("error"), variant=meta.get("variant"),
+        status, error = record.get("status", "ok" if record.get("summary") else "incomplete"), record.get("error")
+        if status == "running":  # started, never ended: killed (or still running elsewhere)
+            status, error = "incomplete", "no end recorded: killed, or still running"
+        elif status == "interrupted" and not error:
+            s = record.get("summary", {})
+            error = f"{s.get('interrupted_by')} after {s.get('frames_done')} of {s.get('frames_total')} frames"
+        rows.append(dict(run_dir=d, status=status, error=error, variant=meta.get("variant"),
                          device=meta.get("device")))
     return pd.DataFrame(rows, columns=["run_dir", "status", "error", "variant", "device"])
+
+
+def read_record(run_dir: str | os.PathLike) -> dict:
+    """A run folder's summary.json ({} where there is none, or it cannot be read)."""
+    path = Path(run_dir) / "summary.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def collect_runs(paths: str | os.PathLike | list) -> pd.DataFrame:
@@ -291,8 +375,10 @@ def collect_runs(paths: str | os.PathLike | list) -> pd.DataFrame:
             files = sorted(glob.glob(os.path.join(match, "**", "timings.parquet"), recursive=True), key=_natural)
             for row in run_index(match).itertuples():
                 if row.status != "ok":
-                    warnings.warn(f"{row.run_dir}: {row.status} run, no timings"
+                    warnings.warn(f"{row.run_dir}: {row.status} run, its timings left out"
                                   + (f" ({row.error})" if row.error else ""), stacklevel=2)
+                    # an interrupted run's timings cover only part of its stream: not comparable with whole runs
+                    files = [f for f in files if os.path.dirname(f) != row.run_dir]
         else:
             files = []
         for f in files:

@@ -1,7 +1,14 @@
-"""Compose one run: build (build.py) → warm-up call → stream (executor) → results on disk.
+"""One run, as numbered steps: build → warm-up call → stream (executor) → summary → results on disk.
 
-A run that fails — bad input or a bug — still leaves a `summary.json` saying `"status": "failed"` and why, so a
-results collector lists it instead of skipping an empty folder silently.
+Every way a run ends leaves its folder in a known state (`summary.json`'s `status`):
+  running      written first: a folder whose run was killed (SIGKILL, power loss) keeps it, and the collectors list
+               it as incomplete; its records so far are in `partial/` (recording.py), its mp4 only under a
+               `.partial.mp4` name
+  ok           the stream ended: timings.parquet, stream.parquet, summary, output.mp4
+  interrupted  SIGINT/SIGTERM/SIGUSR2 (stopping.py): the stream stopped at a batch boundary; the summary covers the
+               batches done and output.mp4 holds every frame written, with its audio. A second signal stops at once
+               (`interrupted`, output discarded)
+  failed       bad input or a bug: the error's first line; no result files that look complete
 """
 
 from __future__ import annotations
@@ -21,11 +28,17 @@ from omegaconf import DictConfig, OmegaConf
 from lipsync_lab.audio.features import lookahead_frames
 from lipsync_lab.build import DTYPES, build_executor, build_pipeline, build_sink, build_source
 from lipsync_lab.devices import resolve_device
+from lipsync_lab.executors.stream import StreamSettings
 from lipsync_lab.flops import add_achieved_compute
 from lipsync_lab.media.source import FPS
+from lipsync_lab.optimize import CompileReport
 from lipsync_lab.profiling import StreamProfiler
-from lipsync_lab.results import (CropRecorder, format_stream, format_summary, stream_frame, stream_summary, summarize,
-                                 timings_frame, write_failed, write_run)
+from lipsync_lab.recording import ChunkedRecorder
+from lipsync_lab.results import (CropRecorder, format_memory, format_stream, format_summary, memory_summary,
+                                 stream_summary, summarize, write_ended, write_run, write_running)
+from lipsync_lab.schema import check
+from lipsync_lab.stopping import HardStop, StopOnSignal
+from lipsync_lab.timing import ModelMemory
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +58,7 @@ def run_metadata(cfg: DictConfig, device: torch.device | None) -> dict:
     import transformers
 
     if device is None:
-        name = "unknown (the run failed before choosing one)"
+        name = "unknown (the run ended before choosing one)"
     elif device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
@@ -57,26 +70,26 @@ def run_metadata(cfg: DictConfig, device: torch.device | None) -> dict:
     )
 
 
-def graphs_compiled() -> int:
-    """Graphs torch.compile has compiled in this process so far (a recompilation adds one)."""
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
-
-
 def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
-    """Stream the configured source through the pipeline; write results under run_dir; return the summary."""
+    """Stream the configured source through the pipeline; write results under run_dir; return the summary
+    (`summary["status"]`: ok, or interrupted when a signal stopped the stream early)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {"device": None}
-    try:
-        return _run(cfg, run_dir, state)
-    except BaseException as e:
-        write_failed(run_dir, e, run_metadata(cfg, state["device"]))
-        raise
+    write_running(run_dir, run_metadata(cfg, None))
+    with StopOnSignal() as stop:
+        try:
+            check(cfg)  # every key's type and range (schema.py), as the command line checks them
+            return _run(cfg, run_dir, stop, state)
+        except HardStop as e:
+            write_ended(run_dir, "interrupted", f"{e}; output discarded", run_metadata(cfg, state["device"]))
+            raise
+        except BaseException as e:
+            write_ended(run_dir, "failed", e, run_metadata(cfg, state["device"]))
+            raise
 
 
-def _run(cfg: DictConfig, run_dir: Path, state: dict) -> dict:
+def _run(cfg: DictConfig, run_dir: Path, stop, state: dict) -> dict:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     # diffusers warns on every `.to(dtype)` of a model built from a config (a from_pretrained concern); our own
@@ -84,76 +97,88 @@ def _run(cfg: DictConfig, run_dir: Path, state: dict) -> dict:
     diffusers_logging.set_verbosity_error()
     device = state["device"] = resolve_device(cfg.device.name)
     dtype = DTYPES[cfg.precision.dtype]
+
+    # 1. Build every stage (the one place: build.py); the models' memory is measured around it
     source = build_source(cfg)
     log.info("Source %s: %d frames of %dx%d at %d fps, %.2f s of audio", source.name, source.n_frames,
              source.width, source.height, FPS, len(source.audio) / 16000)
-
-    # 1. Build every stage (the one place: build.py); compilation is lazy
+    memory = ModelMemory(device)
     t_build = time.perf_counter()
     pipeline = build_pipeline(cfg, source, device, dtype)
     build_s = time.perf_counter() - t_build
-    compiled = list(cfg.compile.targets)
+    memory.built()
+    report = pipeline.diffusion.compile_report or CompileReport()
 
     # 2. One synthetic full batch through the diffusion stage: compiles what is compiled (compile_s), pays the
     #    first-call costs of the rest; the random state is restored, so the output does not depend on it
-    log.info("Warm-up call of the diffusion stage%s", f" (compiling {' + '.join(compiled)})" if compiled else "")
+    compiled = " + ".join(report.targets)
+    log.info("Warm-up call of the diffusion stage%s", f" (compiling {compiled})" if compiled else "")
     first_call_s = pipeline.diffusion.warm_up()
-    compile_s = first_call_s if compiled else None
-    if compiled:
-        log.info("Compiled %s in %.1f s (first call, before the stream)", " + ".join(compiled), compile_s)
+    memory.warmed_up()
+    if report.compiled:
+        report.compile_s = first_call_s
+        log.info("Compiled %s in %.1f s (first call, before the stream)", compiled, first_call_s)
     if cfg.warmup_batches:
         log.info("The first %d batch(es) are warm-up: they pay one-time costs (first calls, allocator, caches) "
                  "and are left out of the summary", cfg.warmup_batches)
+    else:
+        report.warm()
 
-    # 3. Stream: source → executor → sink, every stage of every batch timed
-    crops = CropRecorder(cfg.save_crops, regenerated=(pipeline.diffusion.mask[0, 0] == 0).cpu().numpy())
-    graphs = {"after_warmup": graphs_compiled() if compiled and not cfg.warmup_batches else None}
-
+    # 3. Stream: source → executor → sink, every stage of every batch timed; per batch, the observers below
+    executor = build_executor(cfg)
+    crops = CropRecorder(cfg.save_crops, pipeline.diffusion.regenerated_region())
     profiler = StreamProfiler.from_config(cfg, run_dir, device)  # profile=true; a no-op otherwise
 
     def on_batch(index, result):
         profiler.step()  # one profiler step per finished batch
         crops.add(result.face_indices, result.faces)
-        if compiled and index == cfg.warmup_batches - 1:
-            graphs["after_warmup"] = graphs_compiled()
+        if index == cfg.warmup_batches - 1:
+            report.warm()
 
-    lookahead = lookahead_frames(cfg.audio.lookahead_s)
+    settings = StreamSettings(
+        batch_frames=cfg.batch_frames, lookahead=lookahead_frames(cfg.audio.lookahead_s),
+        warmup_batches=cfg.warmup_batches, device=device, sync=cfg.timing.sync, run_id=cfg.variant,
+        print_batches=cfg.print_batches, pace=cfg.source.get("pace", "none"), stop=stop)
     sink = build_sink(cfg, run_dir, source)
     try:
         with profiler:
-            streamed = build_executor(cfg).stream(
-                source, pipeline, sink, batch_frames=cfg.batch_frames, lookahead=lookahead,
-                warmup_batches=cfg.warmup_batches, device=device, sync=cfg.timing.sync, run_id=cfg.variant,
-                print_batches=cfg.print_batches, on_batch=on_batch, pace=cfg.source.get("pace", "none"))
+            streamed = executor.stream(source, pipeline, sink, settings, ChunkedRecorder(run_dir), on_batch)
     finally:
         pipeline.close()
+    report.finish()
 
-    # 4. Results
-    df = timings_frame(streamed.rows)
-    stream = stream_frame(streamed.batches)
-    summary = summarize(df)
-    summary["stream"] = stream_summary(stream)
-    recompiled = None
-    if compiled and graphs["after_warmup"] is not None:
-        recompiled = graphs_compiled() - graphs["after_warmup"]
+    # 4. The summary: stage medians, the stream as it happened, memory, achieved compute
+    status = "interrupted" if streamed.interrupted else "ok"
+    summary = dict(status=status, interrupted_by=streamed.interrupted, frames_done=streamed.frames,
+                   batches_done=streamed.batches, frames_total=source.n_frames)
+    if streamed.batches:
+        timings, stream = streamed.recorder.timings(), streamed.recorder.stream()
+        summary.update(summarize(timings), stream=stream_summary(stream),
+                       first_batch_s=float(stream["written_s"].iloc[0]),
+                       landmarks_cached_frames=int(timings.loc[timings["stage"] == "face", "landmarks_cached"].sum()))
     summary.update(
-        build_s=build_s, first_call_s=first_call_s, compile_s=compile_s, compiled=compiled,
-        graphs_compiled_after_warmup=recompiled, static_shapes=bool(cfg.compile.static_shapes),
-        stream_wall_s=streamed.wall_s, stream_fps=source.n_frames / streamed.wall_s,
-        first_batch_s=float(stream["written_s"].iloc[0]), executor=cfg.executor._target_.rsplit(".", 1)[-1],
-        audio_lookahead_frames=lookahead, output=sink.path,
-        landmarks_cached_frames=int(df.loc[df["stage"] == "face", "landmarks_cached"].sum()),
-        trace=profiler.paths(),
-    )
-    add_achieved_compute(summary, cfg, pipeline, device, dtype)  # summary["flops"], stages' tflops / peak_fraction
+        memory=memory_summary(memory, streamed), build_s=build_s, first_call_s=first_call_s,
+        compile=report.as_dict(), compile_s=report.compile_s, compiled=report.targets,
+        graphs_compiled_after_warmup=report.graphs_after_warmup, static_shapes=report.static_shapes,
+        stream_wall_s=streamed.wall_s, stream_fps=streamed.frames / streamed.wall_s if streamed.wall_s else None,
+        executor=type(executor).__name__, stages_overlap=executor.overlaps_stages,
+        audio_lookahead_frames=settings.lookahead, output=sink.path if streamed.batches else None,
+        trace=profiler.paths())
+    if streamed.batches:
+        add_achieved_compute(summary, cfg, pipeline, device, dtype)  # summary["flops"], stages' tflops
+
+    # 5. Results on disk, and the printed report
     crops.save(run_dir)
-    write_run(run_dir, df, dict(status="ok", meta=run_metadata(cfg, device), summary=summary), stream)
-    print(format_summary(summary))
-    print(format_stream(summary["stream"]))
-    compile_note = f"; compile {compile_s:.1f} s (first call)" if compile_s is not None else ""
-    print(f"Models built in {build_s:.1f} s{compile_note}; stream {source.n_frames} frames in "
-          f"{streamed.wall_s:.1f} s ({summary['stream_fps']:.2f} fps incl. warm-up)")
-    if recompiled:
-        print(f"Warning: {recompiled} graph(s) compiled after warm-up; their cost is inside the steady-state times")
+    write_run(run_dir, dict(status=status, meta=run_metadata(cfg, device), summary=summary))
+    if streamed.batches:
+        print(format_summary(summary))
+        print(format_stream(summary["stream"]))
+    print(format_memory(summary["memory"]))
+    compile_note = f"; compile {report.compile_s:.1f} s (first call)" if report.compile_s is not None else ""
+    print(f"Models built in {build_s:.1f} s{compile_note}; stream {streamed.frames} frames in "
+          f"{streamed.wall_s:.1f} s ({summary['stream_fps'] or 0:.2f} fps incl. warm-up)")
+    if report.graphs_after_warmup:
+        print(f"Warning: {report.graphs_after_warmup} graph(s) compiled after warm-up; their cost is inside the "
+              f"steady-state times")
     print(f"Results: {run_dir}")
     return summary

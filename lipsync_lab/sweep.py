@@ -2,24 +2,68 @@
 
 Before: with `face.cache` on, the clip's landmarks are computed once, before the first job, so every job reads them
 and no job's face stage carries a one-off cost the others do not (the comparison's speed-ups stay about the axis
-swept). After: the comparison table (lipsync_lab.compare).
+swept). After: the comparison table (lipsync_lab.compare). Throughout: the sweep's folder is remembered
+(`SweepOutcome`), so the command can exit non-zero when a job did not finish (`unfinished_jobs`), whichever
+launcher ran the jobs and whether or not the comparison callback is configured.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from lipsync_lab.compare import CompareAfterSweep
+from lipsync_lab.compare import compare, format_table, write_comparison
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CompareAfterSweep", "LandmarksBeforeSweep", "fill_landmark_cache"]
+__all__ = ["CompareAfterSweep", "LandmarksBeforeSweep", "SweepOutcome", "compare_sweep", "fill_landmark_cache",
+           "unfinished_jobs"]
+
+_SWEEP_DIRS: list[str] = []  # the sweeps this process ran (SweepOutcome)
+
+
+def compare_sweep(sweep_dir: str) -> None:
+    """Print the sweep's comparison table and write it into the sweep folder (python -m lipsync_lab.compare)."""
+    try:
+        table = compare(sweep_dir)
+        csv, md = write_comparison(table, sweep_dir)
+    except (SystemExit, Exception) as e:  # a report must not turn a finished sweep into a failed command
+        log.warning("comparison of %s failed: %s", sweep_dir, e)
+        return
+    print(format_table(table))
+    print(f"Comparison: {md} and {csv.name}")
+
+
+class CompareAfterSweep(Callback):
+    """When a multirun ends, print its comparison table and write it into the sweep folder."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        compare_sweep(config.hydra.sweep.dir)
+
+
+class SweepOutcome(Callback):
+    """Remembers the sweep's folder, for `unfinished_jobs` once Hydra is done."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        _SWEEP_DIRS.append(str(config.hydra.sweep.dir))
+
+
+def unfinished_jobs() -> list[str]:
+    """'<job folder>: <status> (<why>)' for each job of this process's sweeps that did not end `ok`."""
+    from lipsync_lab.results import run_index
+
+    out = []
+    for sweep_dir in _SWEEP_DIRS:
+        index = run_index(sweep_dir)
+        for row in index[index["status"] != "ok"].itertuples():
+            out.append(f"{os.path.basename(row.run_dir)}: {row.status}" + (f" ({row.error})" if row.error else ""))
+    return out
 
 
 def fill_landmark_cache(cfg) -> tuple[int, int]:

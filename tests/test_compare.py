@@ -4,7 +4,9 @@ crops; failed runs are listed, not skipped."""
 from __future__ import annotations
 
 import math
+import re
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -43,14 +45,18 @@ def test_a_failed_run_is_listed_not_skipped(tmp_path):
     r = cli(*FAST, f"hydra.run.dir={ok}")
     assert r.returncode == 0, r.stderr[-2000:]
     bad = tmp_path / "1_bad"
-    r = cli("source=file", "source.video=/nonexistent/clip.mp4", f"hydra.run.dir={bad}")
+    # a file that exists (the command-line check passes it) but is no video: the run itself fails on it
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(np.random.default_rng(0).bytes(4096))
+    r = cli("source=file", f"source.video={clip}", f"hydra.run.dir={bad}")
     assert r.returncode == 2
     runs = run_index(tmp_path).set_index("status")
     assert set(runs.index) == {"ok", "failed"}
-    assert "/nonexistent/clip.mp4" in runs.loc["failed", "error"]
+    assert str(clip) in runs.loc["failed", "error"]
     table = compare(tmp_path)
     assert table["status"].tolist() == ["ok", "failed"]
-    assert "failed: LipsyncInputError: /nonexistent/clip.mp4: video file not found" in format_table(table)
+    assert f"failed: LipsyncInputError: {clip}: cannot read as media" in format_table(table)
+    assert_markdown_table(format_table(table), rows=2)
     # the collector warns about it instead of dropping it silently
     with pytest.warns(UserWarning, match="1_bad: failed run"):
         assert collect_runs(tmp_path)["run_dir"].nunique() == 1
@@ -59,3 +65,37 @@ def test_a_failed_run_is_listed_not_skipped(tmp_path):
     assert run_index(tmp_path)["status"].tolist() == ["ok", "failed", "incomplete"]
     write_failed(tmp_path / "3_crash", RuntimeError("boom"), {})
     assert run_index(tmp_path)["error"].iloc[-1] == "RuntimeError: boom"
+
+
+# -- the Markdown renders as a table (issue #14: `mean |Δ|` split its header into extra cells) ----------------------
+def md_cells(line: str) -> list[str]:
+    """A GitHub-flavoured Markdown table row's cells: split on pipes that no backslash escapes, outer pipes dropped."""
+    assert line.startswith("| ") and line.endswith(" |"), line
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line[1:-1])]
+
+
+def assert_markdown_table(md: str, rows: int) -> list[list[str]]:
+    """Every row of the table at the top of `md` has the header's number of cells; returns header + body rows."""
+    lines = md.split("\n")
+    table = lines[:lines.index("")]
+    head, rule, *body = table
+    width = len(md_cells(head))
+    assert rule == "|" + "---|" * width
+    assert len(body) == rows, table
+    for line in [head, *body]:
+        assert len(md_cells(line)) == width, line
+    return [md_cells(line) for line in [head, *body]]
+
+
+def test_pipes_in_headers_and_cells_are_escaped():
+    ok = dict(run="0_a|b", variant="v", status="ok", error=None, run_dir="/r/0", baseline=True, total=0.5, fps=16.0,
+              read=0.001, diffusion=0.4, speedup=1.0, diffusion_speedup=1.0, drift_mean_abs=0.0, drift_max_abs=0.0,
+              psnr_db=math.inf, device="cpu")
+    failed = dict(run="1_b", variant="w", status="failed", run_dir="/r/1", baseline=False,
+                  error="LipsyncInputError: /x|y.mp4: bad | worse\nsecond line")
+    md = format_table(pd.DataFrame([ok, failed]))
+    head, first, second = assert_markdown_table(md, rows=2)
+    assert head[-3:] == [r"mean \|Δ\|", r"max \|Δ\|", "PSNR dB"]
+    assert first[0] == r"0_a\|b *" and first[head.index("total ms")] == "500.0"
+    assert second[1] == r"failed: LipsyncInputError: /x\|y.mp4: bad \| worse second line"
+    assert set(second[2:]) == {""}

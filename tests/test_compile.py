@@ -13,7 +13,8 @@ import torch
 from lipsync_lab.build import build_diffusion
 from lipsync_lab.compare import compare
 from lipsync_lab.config import compose
-from lipsync_lab.run import graphs_compiled, run
+from lipsync_lab.optimize import graphs_compiled
+from lipsync_lab.run import run
 from lipsync_lab.timing import BatchTimer
 
 SETTINGS = ["vae=tiny", "batch_frames=4", "steps=1", "sink=none", "print_batches=false", "warmup_batches=1"]
@@ -40,6 +41,10 @@ def test_compiled_run_compiles_before_the_stream_and_never_after_warmup(runs):
     assert summary["graphs_compiled_after_warmup"] == 0
     eager = runs["none"][1]
     assert eager["compiled"] == [] and eager["compile_s"] is None and eager["graphs_compiled_after_warmup"] is None
+    # the compile report optimize() returned, as the run recorded it
+    assert summary["compile"] == dict(targets=["unet", "vae"], mode="default", fullgraph=False, static_shapes=True,
+                                      flags=dict(channels_last=False, fuse_qkv=False, sdpa=None),
+                                      compile_s=summary["compile_s"], graphs_after_warmup=0)
 
 
 def test_compiled_output_equals_eager_within_a_grey_level(runs):

@@ -3,6 +3,7 @@ deterministic fake clock and fake stages (no sleeps, no timing in the assertions
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import numpy as np
@@ -12,10 +13,12 @@ import torch
 from lipsync_lab.errors import LipsyncInputError
 from lipsync_lab.executors.pipelined import PipelinedExecutor
 from lipsync_lab.executors.sequential import SequentialExecutor
+from lipsync_lab.executors.stream import StreamSettings
 from lipsync_lab.media.pace import FakeClock, Pacer
 from lipsync_lab.media.source import FPS, SAMPLES_PER_FRAME, iter_batches
 from lipsync_lab.pipeline import BatchResult
 from lipsync_lab.results import frame_latencies, stream_frame, stream_summary
+from lipsync_lab.stopping import StopRequest
 
 CPU = torch.device("cpu")
 
@@ -81,10 +84,12 @@ class RecordingSink:
         self.aborted = True
 
 
-def stream(executor, source, pipeline, sink, *, batch_frames=4, lookahead=2, pace="none", warmup_batches=0):
-    return executor.stream(source, pipeline, sink, batch_frames=batch_frames, lookahead=lookahead,
-                           warmup_batches=warmup_batches, device=CPU, sync=True, run_id="t", print_batches=False,
-                           pace=pace)
+def stream(executor, source, pipeline, sink, *, batch_frames=4, lookahead=2, pace="none", warmup_batches=0,
+           clock=None, stop=None, recorder=None):
+    settings = StreamSettings(batch_frames=batch_frames, lookahead=lookahead, warmup_batches=warmup_batches,
+                              device=CPU, sync=True, run_id="t", print_batches=False, pace=pace, stop=stop,
+                              clock=clock)
+    return executor.stream(source, pipeline, sink, settings, recorder)
 
 
 def test_paced_batches_wait_for_their_last_frame_and_audio_lookahead():
@@ -115,8 +120,8 @@ def test_sequential_latency_bookkeeping_on_a_fake_clock():
     clock = FakeClock()
     pipe = FakePipeline(clock, dict(face=0.1, audio=0.1, diffusion=0.2, restore=0.1))
     sink = RecordingSink(clock, cost=0.02)
-    result = stream(SequentialExecutor(clock), FakeSource(12), pipe, sink, pace="realtime", lookahead=2)
-    df = stream_frame(result.batches)
+    result = stream(SequentialExecutor(), FakeSource(12), pipe, sink, pace="realtime", lookahead=2, clock=clock)
+    df = stream_frame(result.recorder.batches)
     # batch 0 arrives at 6/25 (4 frames + 2 look-ahead), is processed 0.5 s, written 0.02 s later
     assert df["arrived_s"].tolist() == pytest.approx([6 / FPS, 0.24 + 0.52, 0.76 + 0.52])  # later ones: no wait
     assert df["written_s"].tolist() == pytest.approx([0.76, 1.28, 1.80])
@@ -129,7 +134,7 @@ def test_sequential_latency_bookkeeping_on_a_fake_clock():
     assert s["sustained_fps"] == pytest.approx(8 / (1.80 - 0.76))
     # it falls behind: each 0.16 s of input takes 0.52 s, so latency gains 0.36 s per 0.16 s of stream
     assert s["latency_growth"] == pytest.approx(0.36 / 0.16)
-    rows = {(r["batch"], r["stage"]): r for r in result.rows}
+    rows = {(r["batch"], r["stage"]): r for r in result.recorder.rows}
     assert rows[(1, "diffusion")]["seconds"] == pytest.approx(0.2)
     assert rows[(0, "write")]["seconds"] == pytest.approx(0.02)
     assert sink.closed and [int(f[0, 0, 0]) for f in sink.frames] == [i + 1 for i in range(12)]
@@ -138,8 +143,9 @@ def test_sequential_latency_bookkeeping_on_a_fake_clock():
 def test_a_stream_that_keeps_up_has_flat_latency():
     clock = FakeClock()
     pipe = FakePipeline(clock, dict(diffusion=0.1))  # 0.1 s per 0.16 s of media
-    result = stream(SequentialExecutor(clock), FakeSource(40), pipe, RecordingSink(), pace="realtime", lookahead=0)
-    s = stream_summary(stream_frame(result.batches))
+    result = stream(SequentialExecutor(), FakeSource(40), pipe, RecordingSink(), pace="realtime", lookahead=0,
+                    clock=clock)
+    s = stream_summary(stream_frame(result.recorder.batches))
     assert s["latency_growth"] == pytest.approx(0.0, abs=1e-9)
     assert s["sustained_fps"] == pytest.approx(FPS)
     assert s["latency_max_s"] == pytest.approx(0.1 + 3 / FPS)  # a batch's first frame waits for its last one
@@ -173,10 +179,10 @@ def test_pipelined_hands_batches_on_in_stream_order():
 
     pipe._stage = stage
     sink = RecordingSink()
-    result = stream(PipelinedExecutor(queue_batches=2, restore_workers=2, clock=clock), FakeSource(16), pipe, sink)
+    result = stream(PipelinedExecutor(queue_batches=2, restore_workers=2), FakeSource(16), pipe, sink, clock=clock)
     assert ("restore", 1) in pipe.done and pipe.done.index(("restore", 1)) < pipe.done.index(("restore", 0))
     assert [int(f[0, 0, 0]) for f in sink.frames] == [i + 1 for i in range(16)]
-    assert [b["batch"] for b in result.batches] == [0, 1, 2, 3] and sink.closed
+    assert [b["batch"] for b in result.recorder.batches] == [0, 1, 2, 3] and sink.closed
 
 
 @pytest.mark.parametrize("executor", ["sequential", "pipelined"])
@@ -187,12 +193,48 @@ def test_a_failing_stage_stops_the_stream_with_its_error(executor, where):
     source = FakeSource(24, fail_at=9 if where == "read" else None)
     pipe = FakePipeline(clock, {}, fail=where if where not in ("read", "write") else None)
     sink = RecordingSink(fail_at=8 if where == "write" else None)
-    ex = SequentialExecutor(clock) if executor == "sequential" else PipelinedExecutor(clock=clock)
+    ex = SequentialExecutor() if executor == "sequential" else PipelinedExecutor()
     with pytest.raises(LipsyncInputError) as info:
-        stream(ex, source, pipe, sink)
+        stream(ex, source, pipe, sink, clock=clock)
     assert "\n" not in str(info.value)
     assert sink.aborted and not sink.closed  # nothing that looks complete
     assert set(threading.enumerate()) <= before, "a worker thread outlived the stream"
+
+
+class StoppingSink(RecordingSink):
+    """Asks the stream to stop (as a signal handler would) once it has taken `after` frames."""
+
+    def __init__(self, stop: StopRequest, after: int):
+        super().__init__()
+        self.stop, self.after = stop, after
+
+    def write(self, frames, audio):
+        super().write(frames, audio)
+        if len(self.frames) >= self.after:
+            self.stop.set(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("executor", ["sequential", "pipelined"])
+def test_a_stop_request_ends_the_stream_at_a_batch_boundary_with_what_was_written(executor):
+    clock, stop = FakeClock(), StopRequest()
+    pipe = FakePipeline(clock, dict(diffusion=0.1))
+    sink = StoppingSink(stop, after=8)  # asked during batch 1's write: batch 1 is the last one written
+    ex = SequentialExecutor() if executor == "sequential" else PipelinedExecutor(queue_batches=1)
+    result = stream(ex, FakeSource(40), pipe, sink, clock=clock, stop=stop)
+    assert sink.closed and not sink.aborted  # a complete output of the frames written
+    assert len(sink.frames) == 8 and [int(f[0, 0, 0]) for f in sink.frames] == [i + 1 for i in range(8)]
+    assert (result.frames, result.batches, result.interrupted) == (8, 2, "SIGTERM")
+    assert [b["batch"] for b in result.recorder.batches] == [0, 1]
+    if executor == "sequential":  # nothing past the boundary was processed
+        assert max(i for _, i in pipe.done) == 1
+
+
+def test_a_stop_before_the_first_batch_writes_nothing():
+    stop = StopRequest()
+    stop.set()
+    sink = RecordingSink()
+    result = stream(SequentialExecutor(), FakeSource(8), FakePipeline(FakeClock(), {}), sink, stop=stop)
+    assert sink.aborted and not sink.closed and result.frames == 0 and result.interrupted == "SIGINT"
 
 
 def _stream_real(executor, cfg, source_cfg):
@@ -208,18 +250,21 @@ def _stream_real(executor, cfg, source_cfg):
     return sink.frames, result
 
 
-def test_pipelined_output_equals_sequential_output(demo_video, demo_audio):
+@pytest.mark.parametrize("clip,speech", [("demo_video", "demo_audio"), ("synthetic_clip", None)],
+                         ids=["real", "synthetic"])
+def test_pipelined_output_equals_sequential_output(request, clip, speech):
     from lipsync_lab.config import compose
 
-    cfg = compose(["source=file", f"source.video={demo_video}", f"source.audio={demo_audio}", "source.short_side=360",
+    audio = [f"source.audio={request.getfixturevalue(speech)}"] if speech else []  # None: the clip's own track
+    cfg = compose(["source=file", f"source.video={request.getfixturevalue(clip)}", *audio, "source.short_side=360",
                    "max_frames=20", "batch_frames=8", "steps=1", "vae=tiny"])
     seq, _ = _stream_real(SequentialExecutor(), cfg, cfg)
     pip, result = _stream_real(PipelinedExecutor(queue_batches=1), cfg, cfg)
     assert len(seq) == len(pip) == 20
     assert all(np.array_equal(a, b) for a, b in zip(seq, pip))
-    assert [b["batch"] for b in result.batches] == [0, 1, 2]
+    assert [b["batch"] for b in result.recorder.batches] == [0, 1, 2]
     # diffusion ran (the tiny model's random weights change the mouth), so the equality is not trivially of inputs
-    assert {r["skipped"] for r in result.rows} == {""}
+    assert {r["skipped"] for r in result.recorder.rows} == {""}
 
 
 def test_vad_skips_a_silent_batch(tmp_path, demo_video, demo_audio):
@@ -238,8 +283,8 @@ def test_vad_skips_a_silent_batch(tmp_path, demo_video, demo_audio):
     cfg = compose(["source=file", f"source.video={demo_video}", f"source.audio={wav}", "source.short_side=360",
                    "max_frames=32", "batch_frames=8", "steps=1", "vae=tiny", "vad=silero"])
     frames, result = _stream_real(SequentialExecutor(), cfg, cfg)
-    skipped = {r["batch"]: r["skipped"] for r in result.rows if r["stage"] == "diffusion"}
-    diffusion_s = {r["batch"]: r["seconds"] for r in result.rows if r["stage"] == "diffusion"}
+    skipped = {r["batch"]: r["skipped"] for r in result.recorder.rows if r["stage"] == "diffusion"}
+    diffusion_s = {r["batch"]: r["seconds"] for r in result.recorder.rows if r["stage"] == "diffusion"}
     # batch 2 starts 0 s after the speech (within the 200 ms pad: counted as speech); batch 3 is 0.32 s past it
     assert skipped == {0: "", 1: "", 2: "", 3: "silent"}
     assert diffusion_s[3] == 0.0 and diffusion_s[0] > 0

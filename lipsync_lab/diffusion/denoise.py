@@ -26,8 +26,9 @@ class LipsyncDiffusion:
 
     def __init__(self, unet: LatentSyncUNet, vae: LatentVAE, scheduler, mask: np.ndarray, *, steps: int,
                  guidance_scale: float, frames: int, static_shapes: bool = True, device="cpu",
-                 dtype=torch.float32, seed: int = 0):
+                 dtype=torch.float32, seed: int = 0, compile_report=None):
         self.unet, self.vae, self.scheduler = unet, vae, scheduler
+        self.compile_report = compile_report  # optimize.CompileReport: what was applied to these models (build.py)
         self.steps = int(steps)
         self.guidance_scale = float(guidance_scale)
         self.frames, self.static_shapes = int(frames), bool(static_shapes)
@@ -42,6 +43,10 @@ class LipsyncDiffusion:
         # (frames,) masks "the first n frames are real", made once on the device
         self._real = {n: (torch.arange(self.frames, device=self.device) < n).float()
                       for n in range(1, self.frames + 1)}
+
+    def regenerated_region(self) -> np.ndarray:
+        """(res, res) bool: where the model paints (the mouth; mask 0). Drift is measured there (compare.py)."""
+        return (self.mask[0, 0] == 0).cpu().numpy()
 
     @property
     def do_cfg(self) -> bool:

@@ -20,6 +20,11 @@ class PassthroughDiffusion:
         self.device = torch.device(device)
         # what the real stage would regenerate (the run's crop recorder stores it beside the crops)
         self.mask = torch.as_tensor(mouth_mask(self.resolution, mask_path))[None, None]
+        self.compile_report = None  # nothing optimised or compiled
+
+    def regenerated_region(self) -> np.ndarray:
+        """(res, res) bool: where the real stage would paint (the mouth), for the crop recorder."""
+        return (self.mask[0, 0] == 0).numpy()
 
     def __call__(self, faces: np.ndarray | torch.Tensor, audio: torch.Tensor, timer: BatchTimer):
         with timer.stage("decode"):  # the one sub-stage with work: hand the crops back as the decoded output

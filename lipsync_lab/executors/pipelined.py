@@ -14,6 +14,8 @@ own work plus what contention for the CPU cores or the device costs it, which is
 
 An exception in any stage stops every worker (each waits on its queues with a timeout and checks a stop flag),
 the sink is aborted, all threads are joined, and the first error is raised as it was (one line for bad input).
+A stop request (stopping.py: SIGINT/SIGTERM) instead ends the stream after the batch being written: the reader
+takes no new batch, the batches in flight behind it are dropped, and the sink is closed with every frame written.
 """
 
 from __future__ import annotations
@@ -24,9 +26,8 @@ import threading
 
 import torch
 
-from lipsync_lab.executors.stream import StreamBook, StreamResult
-from lipsync_lab.media.pace import Pacer
-from lipsync_lab.media.source import FPS, iter_batches
+from lipsync_lab.executors.stream import StreamBook, StreamResult, StreamSettings
+from lipsync_lab.media.source import iter_batches
 from lipsync_lab.pipeline import LipsyncPipeline
 
 _DONE = object()   # end of stream, passed down the queues
@@ -86,23 +87,26 @@ class _InOrder:
 
 
 class PipelinedExecutor:
-    def __init__(self, queue_batches: int = 2, restore_workers: int = 1, clock=None):
+    overlaps_stages = True  # neighbouring batches' stages run at once: summed stage times are work, not wall time
+
+    def __init__(self, queue_batches: int = 2, restore_workers: int = 1):
         self.queue_batches = int(queue_batches)
         self.restore_workers = int(restore_workers)
-        self.clock = clock  # None: the wall clock (media/pace.py); tests pass a fake one
 
-    def stream(self, source, pipeline: LipsyncPipeline, sink, *, batch_frames: int, lookahead: int,
-               warmup_batches: int, device: torch.device, sync: bool, run_id: str, print_batches: bool,
-               on_batch=None, pace: str = "none") -> StreamResult:
-        pacer = Pacer(pace, FPS, self.clock)
-        book = StreamBook(source, pacer, run_id=run_id, warmup_batches=warmup_batches, device=device, sync=sync,
-                          stream_only=True, print_batches=print_batches, on_batch=on_batch)
+    def stream(self, source, pipeline: LipsyncPipeline, sink, settings: StreamSettings, recorder=None,
+               on_batch=None) -> StreamResult:
+        book = StreamBook(source, settings, overlapping=True, recorder=recorder, on_batch=on_batch)
+        device = torch.device(settings.device)
         stages = pipeline.stages()
         stream = _Stream(len(stages) + 1, self.queue_batches)
         qs = stream.queues
 
         def read():
-            for batch in iter_batches(source, batch_frames, lookahead, pacer):
+            batches = iter_batches(source, settings.batch_frames, settings.lookahead, book.pacer)
+            while not book.stop_requested:  # a stop request: no new batch enters the pipeline
+                batch = next(batches, None)
+                if batch is None:
+                    break
                 stream.put(qs[0], book.open(batch))
             stream.put(qs[0], _DONE)
 
@@ -125,12 +129,16 @@ class PipelinedExecutor:
                         for w in range(workers)]
         for t in threads:
             t.start()
+        completed = False
         try:
             # the calling thread writes: the sink, the batch records and the run's per-batch hook stay on it
             with torch.inference_mode():
                 while (work := stream.get(qs[-1])) is not _DONE:
                     book.write(sink, work)
-            sink.close()
+                    # a stop request ends the stream at this batch boundary: the batches still in flight behind it
+                    # are dropped (each worker stops after its current call), so the stop comes within one stage
+                    if book.stop_requested:
+                        break
         except _Stopped:
             pass  # a worker failed: its error is the stream's
         except BaseException as e:
@@ -139,7 +147,10 @@ class PipelinedExecutor:
             stream.stop.set()
             for t in threads:
                 t.join()
-            result = book.close()
+            if stream.error is None:
+                book.finish_sink(sink)
+                completed = True
+            result = book.close(completed)
         if stream.error is not None:
             sink.abort()
             raise stream.error

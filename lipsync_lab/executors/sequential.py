@@ -2,36 +2,36 @@
 
 from __future__ import annotations
 
-import torch
-
-from lipsync_lab.executors.stream import StreamBook, StreamResult
-from lipsync_lab.media.pace import Pacer
-from lipsync_lab.media.source import FPS, iter_batches
+from lipsync_lab.executors.stream import StreamBook, StreamResult, StreamSettings
+from lipsync_lab.media.source import iter_batches
 from lipsync_lab.pipeline import LipsyncPipeline
 
 
 class SequentialExecutor:
-    def __init__(self, clock=None):
-        self.clock = clock  # None: the wall clock (media/pace.py); tests pass a fake one
+    overlaps_stages = False  # one stage at a time: a batch's time is the sum of its stages'
 
-    def stream(self, source, pipeline: LipsyncPipeline, sink, *, batch_frames: int, lookahead: int,
-               warmup_batches: int, device: torch.device, sync: bool, run_id: str, print_batches: bool,
-               on_batch=None, pace: str = "none") -> StreamResult:
-        """Source → batches → pipeline → sink, one BatchTimer per batch; the sink is closed on success and
-        aborted on any failure (no output that looks complete)."""
-        pacer = Pacer(pace, FPS, self.clock)
-        book = StreamBook(source, pacer, run_id=run_id, warmup_batches=warmup_batches, device=device, sync=sync,
-                          print_batches=print_batches, on_batch=on_batch)
+    def stream(self, source, pipeline: LipsyncPipeline, sink, settings: StreamSettings, recorder=None,
+               on_batch=None) -> StreamResult:
+        """Source → batches → pipeline → sink, one BatchTimer per batch. The sink is closed on success and after a
+        stop request (every batch written so far is in it), aborted on any failure (no output that looks
+        complete)."""
+        book = StreamBook(source, settings, overlapping=False, recorder=recorder, on_batch=on_batch)
+        completed = False
+        batches = iter_batches(source, settings.batch_frames, settings.lookahead, book.pacer)
         try:
-            for batch in iter_batches(source, batch_frames, lookahead, pacer):
+            while not book.stop_requested:  # checked at each batch boundary: a stop keeps what was written
+                batch = next(batches, None)
+                if batch is None:
+                    break
                 work = book.open(batch)
                 for _, stage in pipeline.stages():
                     stage(work)
                 book.write(sink, work)
-            sink.close()
+            book.finish_sink(sink)
+            completed = True
         except BaseException:
             sink.abort()
             raise
         finally:
-            result = book.close()
+            result = book.close(completed)
         return result
