@@ -22,7 +22,8 @@ from lipsync_lab.audio.features import StreamingAudioFeatures, cosine_drift, loo
 from lipsync_lab.face.align import alignment_matrix, warp_faces_cv2
 from lipsync_lab.face.kornia import KorniaAlign, KorniaRestore
 from lipsync_lab.face.landmarks import LandmarkDetector
-from lipsync_lab.face.restore import restore_cv2, restore_faces_cv2, roi_box
+from lipsync_lab.face.common import roi_box
+from lipsync_lab.face.restore import restore_cv2, restore_faces_cv2
 from lipsync_lab.media.source import SAMPLES_PER_FRAME, iter_batches
 
 # LatentSync's demo clip in the data folder (lipsync_lab.paths.DATA_DIR): the default input of the benchmarks

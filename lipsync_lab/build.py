@@ -19,8 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from lipsync_lab.audio.features import StreamingAudioFeatures
 from lipsync_lab.diffusion import unet as unet_module
-from lipsync_lab.diffusion.denoise import LipsyncDiffusion
-from lipsync_lab.diffusion.passthrough import PassthroughDiffusion
 from lipsync_lab.diffusion.unet import LatentSyncUNet
 from lipsync_lab.diffusion.vae import LatentVAE
 from lipsync_lab.errors import LipsyncInputError
@@ -111,17 +109,21 @@ def build_scheduler(cfg: DictConfig):
 
 
 def build_diffusion(cfg: DictConfig, device: torch.device = torch.device("cpu"),
-                    dtype: torch.dtype = torch.float32) -> LipsyncDiffusion | PassthroughDiffusion:
-    """The diffusion stage: UNet and VAE (optimised per `optimize` and `compile`), scheduler, mouth mask."""
-    if cfg.model.get("passthrough"):
-        return PassthroughDiffusion(cfg.model.resolution, device, cfg.face.mask_path)
+                    dtype: torch.dtype = torch.float32):
+    """The `diffusion` option's stage. A stage that uses models (`uses_models`: LatentSync's) gets the UNet and VAE
+    (optimised per `optimize` and `compile`), the scheduler, the `guidance` and `cache` options, the mouth mask and
+    the run's settings; one that does not (passthrough) gets the mask."""
+    stage = make(cfg.diffusion)  # a partial: the option's class with its own settings
+    mask = mouth_mask(cfg.model.resolution, cfg.face.mask_path)
+    if not stage.func.uses_models:
+        return stage(mask=mask, device=device)
     unet = build_unet(cfg).to(device, dtype)
     vae = build_vae(cfg).to(device, dtype)
     report = optimize(unet, vae, cfg.optimize, cfg.compile)
-    return LipsyncDiffusion(
-        unet, vae, build_scheduler(cfg), mouth_mask(cfg.model.resolution, cfg.face.mask_path),
-        steps=cfg.steps, guidance_scale=cfg.guidance_scale, frames=cfg.batch_frames,
-        static_shapes=cfg.compile.static_shapes, device=device, dtype=dtype, seed=cfg.seed, compile_report=report)
+    return stage(unet=unet, vae=vae, scheduler=build_scheduler(cfg), mask=mask, steps=cfg.steps,
+                 frames=cfg.batch_frames, guidance=make(cfg.guidance, scale=cfg.guidance_scale), cache=make(cfg.cache),
+                 static_shapes=cfg.compile.static_shapes, device=device, dtype=dtype, seed=cfg.seed,
+                 compile_report=report)
 
 
 def build_audio_front_end(cfg: DictConfig, device: torch.device, dtype: torch.dtype):

@@ -8,18 +8,18 @@ not counted: norms, activations, the scheduler's and CFG's element-wise arithmet
 TFLOP/s are those of the tensor work, the figure a peak is quoted for. `scripts/count_flops.py` counts the UNet
 with the same function (`unet_flops`), so the script and the runs agree (tested).
 
-What one batch runs (lipsync_lab/diffusion/denoise.py, audio/features.py):
-  denoise        `steps` UNet calls on (copies, frames, 13, h, w), copies = 2 under CFG (guidance_scale > 1)
-  denoise_step   one of those calls (its median is per step)
-  mask_latents   a VAE encode of the masked faces;  image_latents: a VAE encode of the faces
-  decode         a VAE decode of the latents
-  diffusion      the four above together (its other sub-stages do no tensor work worth counting)
-  audio          the whisper encoder on the window the `audio` front end encodes per batch: upstream's 30-s
-                 segment for `audio=whisper` (3000 mel frames, whatever the batch), `window_s` (or the batch's span
-                 if longer) for `audio=whisper_window`; left out for `audio=faster_whisper`, whose CTranslate2
-                 encoder runs outside torch where the counter cannot see it. A batch that crosses a 30-s boundary
-                 encodes two segments: the count is the usual batch's.
-Eager runs call the models on a short last batch's frames only: the medians are over (mostly) full batches.
+What one batch runs is said by the stages themselves, as a FLOP plan this module only counts:
+  diffusion      `LipsyncDiffusion.plan` (diffusion/denoise.py): per denoising step the UNet callable the `cache`
+                 option picks ("full", or a cheaper kind such as a shallow DeepCache step) on the branches the
+                 `guidance` option evaluates (2 clips under CFG); a VAE encode for mask_latents and image_latents,
+                 a decode; `diffusion=passthrough` runs no model and says so (an empty plan)
+  audio          the front end's `flop_plan` (audio/features.py): the encoder pass per batch — upstream's 30-s
+                 segment for `audio=whisper`, the padded window for `audio=whisper_window`; none for
+                 `audio=faster_whisper`, whose CTranslate2 encoder runs outside torch where the counter cannot see it
+  denoise_step   the denoise FLOPs over the steps: the average step, as the printed "Average denoising per step"
+  diffusion      its sub-stages together
+A stage without a plan is an error here, never a silent zero. Eager runs call the models on a short last batch's
+frames only: the medians are over (mostly) full batches.
 
 Achieved TFLOP/s = stage FLOPs / the stage's steady-state median seconds (`add_tflops`), and on CUDA the fraction
 of the device's peak dense tensor throughput for the run's dtype (`PEAK_TFLOPS`); None where the device is not
@@ -129,53 +129,107 @@ def _meta_vae(cfg: DictConfig, pipeline=None) -> tuple[torch.nn.Module, int]:
     return vae.model, cfg.model.resolution // vae.downscale
 
 
-def vae_flops(cfg: DictConfig, pipeline=None) -> tuple[int, int, int]:
-    """(encode FLOPs, decode FLOPs, latent size) of one full batch at the model's resolution."""
-    model, latent = _meta_vae(cfg, pipeline)
-    frames, res = int(cfg.batch_frames), int(cfg.model.resolution)
-    pixels = torch.zeros(frames, 3, res, res, device="meta")
-    latents = torch.zeros(frames, model.config.latent_channels, latent, latent, device="meta")
-    return flop_count(lambda: model.encode(pixels)), flop_count(lambda: model.decode(latents)), latent
+def _meta_whisper():
+    from lipsync_lab.audio.whisper import WhisperFeatures
 
-
-def audio_mel_frames(cfg: DictConfig) -> int | None:
-    """Mel frames the `audio` option's whisper encoder runs on per (steady-state) batch; None when its encoder is
-    not torch's (CTranslate2) or the front end is one this module does not know."""
-    from lipsync_lab.audio.features import LEFT, STEPS_PER_FRAME, lookahead_frames
-    from lipsync_lab.audio.whisper import WINDOW_FRAMES
-
-    encoder, front_end = cfg.audio.encoder.get("_target_", ""), cfg.audio.front_end.get("_target_", "")
-    if not encoder.startswith("lipsync_lab.audio.whisper.WhisperFeatures"):
-        return None
-    if front_end.endswith("SegmentAligned"):
-        return WINDOW_FRAMES  # the current 30-s segment, zero-padded to 30 s, every batch
-    if front_end.endswith("SlidingWindow"):
-        # from the batch's first frame's first step to the audio received (its frames + the look-ahead), widened
-        # to window_s when padded
-        span = STEPS_PER_FRAME * (int(cfg.batch_frames) + lookahead_frames(cfg.audio.lookahead_s)) + LEFT
-        window = int(round(float(cfg.audio.front_end.get("window_s", 2.0)) * 50))
-        steps = max(span, window) if cfg.audio.front_end.get("pad", True) else span
-        return 2 * steps
-    return None
-
-
-def audio_flops(cfg: DictConfig) -> int | None:
-    from lipsync_lab.audio.whisper import N_MELS, WhisperFeatures
-
-    mel_frames = audio_mel_frames(cfg)
-    if mel_frames is None:
-        return None
     with torch.device("meta"):
-        encoder = WhisperFeatures.build(checkpoint=None, seed=0, device="meta")
-    mel = torch.zeros(1, N_MELS, mel_frames, device="meta")
-    return flop_count(lambda: encoder.stack(mel))
+        return WhisperFeatures.build(checkpoint=None, seed=0, device="meta")
+
+
+class _EncoderKind:
+    """Stands in for an audio encoder when only its kind matters (whether torch runs it), so counting never builds
+    (or converts) one."""
+
+    def __init__(self, counted_by_torch: bool):
+        self.counted_by_torch = counted_by_torch
+
+
+def stage_plans(cfg: DictConfig, pipeline=None) -> dict[str, list[tuple]]:
+    """What the run's stages say one full batch runs (their FLOP plans), per stage key. From the pipeline's stages
+    where given, else from the stage classes the config chooses, with its settings."""
+    from hydra.utils import get_class, get_object
+
+    from lipsync_lab.audio.features import lookahead_frames
+    from lipsync_lab.build import make
+
+    frames, lookahead = int(cfg.batch_frames), lookahead_frames(cfg.audio.lookahead_s)
+    if pipeline is not None:
+        diffusion, front_end = pipeline.diffusion, pipeline.audio.front_end
+        plans = dict(diffusion.flop_plan())
+    else:
+        stage = get_class(cfg.diffusion._target_)
+        plans = dict(stage.plan(int(cfg.steps), frames, make(cfg.guidance, scale=cfg.guidance_scale), make(cfg.cache)))
+        encoder = get_object(cfg.audio.encoder._target_)
+        encoder_class = getattr(encoder, "__self__", encoder)  # a classmethod target (`….build`): its class
+        front_end = make(cfg.audio.front_end, encoder=_EncoderKind(encoder_class.counted_by_torch))
+    for key, plan in front_end.flop_plan(frames, lookahead).items():
+        plans[key] = plans.get(key, []) + plan
+    return plans
+
+
+def count_plans(cfg: DictConfig, plans: dict[str, list[tuple]], pipeline=None) -> dict[str, float]:
+    """FLOPs per stage key of a batch: every call of every plan counted on the meta device (each distinct call
+    once). Calls: ("unet", kind, clips, frames), ("vae", "encode" | "decode", frames), ("whisper", "encode",
+    mel frames)."""
+    from lipsync_lab.build import make
+
+    models: dict[str, object] = {}
+    cache = make(cfg.cache)  # a fresh one: the run's holds device tensors (its cached features)
+    cache.begin()
+    counted: dict[tuple, int] = {}
+
+    def count(call: tuple) -> int:
+        if call in counted:
+            return counted[call]
+        model = call[0]
+        if model == "unet":
+            _, kind, clips, n = call
+            if "unet" not in models:
+                models["unet"], models["latent"] = meta_unet(cfg), _meta_vae(cfg, pipeline)[1]
+            latent = models["latent"]
+            x = torch.zeros(clips, n, 13, latent, latent, device="meta")
+            context = torch.zeros(clips, n, 50, 384, device="meta")
+            fn = cache.call(models["unet"], kind)
+            flops = flop_count(lambda: fn(x, 999, context, None))
+        elif model == "vae":
+            _, method, n = call
+            if "vae" not in models:
+                models["vae"], models["latent"] = _meta_vae(cfg, pipeline)
+            vae, latent, res = models["vae"], models["latent"], int(cfg.model.resolution)
+            if method == "encode":
+                pixels = torch.zeros(n, 3, res, res, device="meta")
+                flops = flop_count(lambda: vae.encode(pixels))
+            else:
+                latents = torch.zeros(n, vae.config.latent_channels, latent, latent, device="meta")
+                flops = flop_count(lambda: vae.decode(latents))
+        elif model == "whisper":
+            from lipsync_lab.audio.whisper import N_MELS
+
+            encoder = models.setdefault("whisper", _meta_whisper())
+            mel = torch.zeros(1, N_MELS, call[2], device="meta")
+            flops = flop_count(lambda: encoder.stack(mel))
+        else:
+            raise ValueError(f"a FLOP plan names a call flops.py cannot count: {call}")
+        counted[call] = flops
+        return flops
+
+    out = {key: sum(count(call) for call in plan) for key, plan in plans.items()}
+    denoise = plans.get("denoise")
+    if denoise:
+        out["denoise_step"] = out["denoise"] / len(denoise)
+    parts = [k for k in ("mask_latents", "image_latents", "denoise", "decode") if k in out]
+    if parts:
+        out["diffusion"] = sum(out[k] for k in parts)
+    return {k: float(v) for k, v in out.items() if plans.get(k, True) != []}
 
 
 def stage_flops(cfg: DictConfig, pipeline=None) -> dict[str, float]:
     """FLOPs per full batch of `batch_frames` frames, per stage key (see the module's docstring). The pipeline,
-    where given, supplies its VAE's exact architecture; everything else follows from the config."""
+    where given, supplies its stages' plans and its VAE's exact architecture; everything else follows from the
+    config."""
     with torch.random.fork_rng(devices=[]), _quiet_builders():  # the builders seed torch's global generator
-        return _stage_flops(cfg, pipeline)
+        cfg = _without_weights(cfg)
+        return count_plans(cfg, stage_plans(cfg, pipeline), pipeline)
 
 
 @contextlib.contextmanager
@@ -190,21 +244,6 @@ def _quiet_builders():
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
-
-def _stage_flops(cfg: DictConfig, pipeline=None) -> dict[str, float]:
-    out = {}
-    if not cfg.model.get("passthrough"):  # model=passthrough: no diffusion models, nothing to count there
-        frames, steps = int(cfg.batch_frames), int(cfg.steps)
-        copies = 2 if float(cfg.guidance_scale) > 1.0 else 1  # CFG: [null audio | audio] in one call
-        encode, decode, latent = vae_flops(cfg, pipeline)
-        step = unet_flops(meta_unet(cfg), copies, frames, latent)
-        out = dict(mask_latents=encode, image_latents=encode, denoise=steps * step, denoise_step=step, decode=decode)
-        out["diffusion"] = encode + encode + steps * step + decode
-    audio = audio_flops(cfg)
-    if audio is not None:
-        out["audio"] = audio
-    return {k: float(v) for k, v in out.items()}
 
 
 # -- achieved -------------------------------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ STREAM = "stream.parquet"
 
 TIMINGS_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("batch", pa.int32()), ("frames", pa.int32()), ("face_frames", pa.int32()),
-    ("landmarks_cached", pa.int32()), ("skipped", pa.string()), ("warmup", pa.bool_()), ("stage", pa.string()),
+    ("landmarks_cached", pa.int32()), ("skipped", pa.string()), ("warmup", pa.bool_()),
+    ("unet_frames", pa.int32()), ("unet_frames_shallow", pa.int32()), ("stage", pa.string()),
     ("label", pa.string()), ("parent", pa.string()), ("step", pa.int32()), ("timestep", pa.int32()),
     ("seconds", pa.float64()), ("start_s", pa.float64()), ("peak_allocated_mb", pa.float64()),
     ("peak_reserved_mb", pa.float64()), ("rss_mb", pa.float64()),

@@ -6,7 +6,9 @@ timings.parquet — one row per batch × stage, plus one row per denoising step:
   seconds, start_s (stage start since the stream began), frames (in the batch), face_frames, landmarks_cached
   (frames whose landmarks were read from the landmark cache: the face stage then measured a read), warmup,
   peak_allocated_mb / peak_reserved_mb (the device's peak memory while the stage ran: CUDA, stages not
-  overlapping; NaN otherwise), rss_mb (the process's resident memory when the stage ended).
+  overlapping; NaN otherwise), rss_mb (the process's resident memory when the stage ended), unet_frames /
+  unet_frames_shallow (the batch's UNet frame-evaluations, all / of a cheaper callable such as a shallow DeepCache
+  step).
 A batch's total is the sum of its top-level rows (parent is null). `skipped` says why diffusion did not run in a
 batch: "" (it ran), "no_face", "silent" (voice-activity gating).
 
@@ -80,7 +82,17 @@ def summarize(df: pd.DataFrame) -> dict:
         batch_total_p90=float(steady["seconds"].quantile(0.9)),
         fps=float(steady["frames"].sum() / steady["seconds"].sum()),
         rtf_median=float(steady["rtf"].median()), stages=stages,
+        # what a steady batch cost the UNet: frame-evaluations (clips × frames per call), and of them shallow ones
+        unet_frames_per_batch=_batch_median(rows, "unet_frames"),
+        unet_frames_shallow_per_batch=_batch_median(rows, "unet_frames_shallow"),
     )
+
+
+def _batch_median(rows: pd.DataFrame, column: str) -> float | None:
+    """Median over batches of a per-batch column (repeated on each of a batch's rows); None if absent."""
+    if column not in rows or rows.empty:
+        return None
+    return float(rows.groupby("batch")[column].first().median())
 
 
 def format_summary(summary: dict) -> str:

@@ -230,12 +230,14 @@ SCHEMA: dict[str, Spec] = {
     "model.resolution": Choice(options=(256, 512)),
     "model.vae_size": Choice(options=("small", "full")),
     "model.checkpoint": File(what="UNet checkpoint", null=True),
-    "model.passthrough": Bool(),
     # vae
     "vae.name": Text(),
     "vae.scaling_factor": Float(lo=0.0, lo_open=True),
     "vae.shift_factor": Float(),
     "vae.path": File(what="diffusers VAE folder", folder=True, null=True),
+    # guidance
+    "guidance.delta": Float(lo=0.0),
+    "guidance.interval": Int(lo=1),
     # scheduler, precision, device
     "scheduler.name": Text(),
     "precision.name": Choice(options=("fp32", "fp16", "bf16")),
@@ -246,6 +248,11 @@ SCHEMA: dict[str, Spec] = {
     "compile.mode": Choice(options=COMPILE_MODES),
     "compile.fullgraph": Bool(),
     "compile.static_shapes": Bool(),
+    # cache
+    "cache.interval": Int(lo=1),
+    "cache.branch": Int(lo=0),
+    "cache.compile_mode": Choice(options=COMPILE_MODES),  # ${compile.mode} in conf/cache/deepcache.yaml
+    "cache.compile_fullgraph": Bool(),                    # ${compile.fullgraph}
     # face
     "face.detector.detect_size": Int(lo=64),
     "face.detector.upsample": Int(lo=0, hi=3),
@@ -276,6 +283,8 @@ SCHEMA: dict[str, Spec] = {
     "sink.preset": Choice(options=X264_PRESETS),
     "sink.threads": Int(lo=0),
     "sink.convert": Choice(options=("swscale", "cv2")),
+    # diffusion
+    "diffusion.stream_batch": Bool(),
     # executor
     "executor.queue_batches": Int(lo=1),
     "executor.restore_workers": Int(lo=1),
@@ -363,6 +372,18 @@ def check(cfg: DictConfig, defaults: DictConfig | None = None) -> None:
                                                                         "expected a folder")) and isinstance(value, str):
                 raise LipsyncInputError(value, f"{problem} ({key})")
             raise LipsyncInputError(f"{key}={_shown(value)}", problem)
+    _check_together(values)
+
+
+def _check_together(values: dict) -> None:
+    """Settings each valid alone that the builders would refuse together, said before anything is built (the
+    search's sweeper also runs this check on each trial it asks for, and fails a refused one without running it)."""
+    interval, steps = values.get("cache.interval"), values.get("steps")
+    if values.get("diffusion.stream_batch") is True and isinstance(interval, int) and isinstance(steps, int) \
+            and interval > 1 and steps > 1:
+        raise LipsyncInputError("diffusion.stream_batch=true", f"clips at different steps share one UNet call, so "
+                                f"every step must run the same UNet callable; cache.interval={interval} makes steps "
+                                f"shallow (use cache=none or cache.interval=1)")
 
 
 def _close(key: str, known) -> str:
@@ -532,8 +553,6 @@ def check_command_line(overrides: list[str], multirun: bool) -> None:
     module's docstring). Raises LipsyncInputError with the first problem."""
     parsed = _parse(overrides)
     sweeps = [o for o in parsed if o.is_sweep_override()]
-    if sweeps and not multirun:
-        raise LipsyncInputError(sweeps[0].input_line, "a list of values is a sweep: add -m (or --multirun)")
     group_overrides = [o for o in parsed if o.key_or_group in _groups() or "/" in o.key_or_group]
     _check_keys(group_overrides, {}, None)  # an unknown option first: composing would fail on it
     groups_only = [_as_text(o, (list(o.sweep_string_iterator()) or [""])[0]) if o.is_sweep_override() else
@@ -543,11 +562,16 @@ def check_command_line(overrides: list[str], multirun: bool) -> None:
     except Exception as e:  # noqa: BLE001 — Hydra's composition errors have no common type worth naming
         raise _composition_error(e, groups_only) from None
     choices = dict(base.hydra.runtime.choices)
+    multirun = multirun or str(OmegaConf.select(base, "hydra.mode")) == "RunMode.MULTIRUN" or \
+        str(OmegaConf.select(base, "hydra.mode")) == "MULTIRUN"  # an experiment may be a sweep by itself
+    if sweeps and not multirun:
+        raise LipsyncInputError(sweeps[0].input_line, "a list of values is a sweep: add -m (or --multirun)")
     _check_keys(parsed, choices, base)
     extra = []
-    if multirun:  # an experiment's own sweep (hydra.sweeper.params), as Hydra's basic sweeper reads it
-        params = OmegaConf.select(base, "hydra.sweeper.params") or {}
-        extra = _parse([f"{k}={v}" for k, v in params.items()]) if params else []
+    if multirun:  # an experiment's own sweep (hydra.sweeper.params), as Hydra's sweepers read it: the command line
+        params = OmegaConf.select(base, "hydra.sweeper.params") or {}  # wins where both set a key
+        given = {o.key_or_group for o in parsed}
+        extra = _parse([f"{k}={v}" for k, v in params.items() if k not in given]) if params else []
         _check_keys(extra, choices, base)
     for job in _jobs(parsed, extra):
         try:

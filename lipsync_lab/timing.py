@@ -41,6 +41,11 @@ LABELS = {key: label for key, label, _ in STAGES + [STEP_STAGE]}
 PARENTS = {key: parent for key, _, parent in STAGES + [STEP_STAGE]}
 TOP_LEVEL = [key for key, _, parent in STAGES if parent is None]
 DIFFUSION_SUBSTAGES = [key for key, _, parent in STAGES if parent == "diffusion"]
+# the pipeline's stages (pipeline.py: one run_<key> method each); reading and writing are the executor's own
+IO_STAGES = ("read", "write")
+PROCESSING = [key for key in TOP_LEVEL if key not in IO_STAGES]
+# the comparison table's stage columns, in this table's order: every top-level stage and the model's heaviest parts
+COMPARED = [key for key, _, parent in STAGES if parent is None or key in ("denoise", "decode")]
 
 
 def device_sync(device: torch.device | str | None, stream_only: bool = False) -> None:
@@ -174,6 +179,8 @@ class BatchTimer:
     face_frames: int = 0
     landmarks_cached: int = 0  # frames whose landmarks were read from the landmark cache, not computed
     skipped: str = ""          # why diffusion did not run: "" (it ran) | "no_face" | "silent" (voice activity)
+    unet_frames: int = 0       # UNet frame-evaluations the batch cost (clips × frames per call, summed over calls)
+    unet_frames_shallow: int = 0  # of a cheaper UNet callable (a shallow DeepCache step), apart
 
     def _now(self) -> float:
         if self.sync:
@@ -231,7 +238,8 @@ class BatchTimer:
     def rows(self, run_id: str) -> list[dict]:
         """Tidy rows: one per stage, plus one per denoising step (stage 'denoise_step', step = index)."""
         base = dict(run_id=run_id, batch=self.batch, frames=self.frames, face_frames=self.face_frames,
-                    landmarks_cached=self.landmarks_cached, skipped=self.skipped, warmup=self.warmup)
+                    landmarks_cached=self.landmarks_cached, skipped=self.skipped, warmup=self.warmup,
+                    unet_frames=self.unet_frames, unet_frames_shallow=self.unet_frames_shallow)
         out = []
         for key, label, parent in STAGES:
             if key in self.seconds:

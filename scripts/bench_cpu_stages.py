@@ -26,7 +26,7 @@ shows medians, the first repetition of each side being a warm-up (model set-up, 
 fast (> 1: the fast option is cheaper). Wall ms is what the stage takes; CPU ms is the process's CPU time over all
 its threads (decoder, x264, OpenCV, torch), the share of the cores the stage takes from the other stages.
 
-    stream        the whole stream into an mp4 with no model (`model=passthrough`), unpaced: 1000 / its sustained fps
+    stream        the whole stream into an mp4 with no model (`diffusion=passthrough`), unpaced: 1000 / its sustained fps
                   (40 ms = 25 fps), baseline options + sequential executor against fast options + pipelined; and
                   the fast options on both executors (what overlapping the stages alone brings)
 
@@ -247,11 +247,11 @@ def stage_rows(short_side: int, args) -> pd.DataFrame:
 
 
 def stream_rows(short_side: int, args) -> pd.DataFrame:
-    """The whole stream into an mp4 with a model cost near zero (`model=passthrough`), unpaced, as ms per frame at its
+    """The whole stream into an mp4 with a model cost near zero (`diffusion=passthrough`), unpaced, as ms per frame at its
     sustained rate (1000 / sustained fps; 40 = 25 fps): the baseline options on the sequential executor against the
     fast ones on the pipelined executor, and — to show what overlapping alone brings — the fast options on both."""
     def sustained_ms(overrides: list[str], executor: str) -> tuple[float, float]:
-        cfg = config(short_side, [*overrides, "model=passthrough", f"executor={executor}", "print_batches=false",
+        cfg = config(short_side, [*overrides, "diffusion=passthrough", f"executor={executor}", "print_batches=false",
                                   "save_crops=0"], args.stream_frames, args.batch)
         with tempfile.TemporaryDirectory() as folder, open(os.devnull, "w") as quiet, \
                 contextlib.redirect_stdout(quiet):

@@ -2,7 +2,7 @@
 
     python scripts/soak_memory.py [--minutes 30] [--executor pipelined] [-- extra overrides…]
 
-Streams the embedded demo paced at 25 fps through `model=passthrough` (everything but the model: reading, landmarks,
+Streams the embedded demo paced at 25 fps through `diffusion=passthrough` (everything but the model: reading, landmarks,
 audio features, paste-back, encoding, the executor, the per-batch records) for `--minutes`, with the fast CPU
 options that keep such a stream up with real time on two cores, then fits resident memory (stream.parquet's
 `rss_mb`, one reading per batch) against stream time. The first minute is left out of the fit (the allocator and
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else RESULTS_DIR / "soak" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_" \
                                                                  f"{args.minutes:g}min"
-    overrides = ["model=passthrough", f"executor={args.executor}", "source.pace=realtime",
+    overrides = ["diffusion=passthrough", f"executor={args.executor}", "source.pace=realtime",
                  f"source.seconds={60 * args.minutes:g}", "print_batches=false", "save_crops=0", *FAST, *args.extra]
     print(f"soak: {args.minutes:g} min paced stream: {' '.join(overrides)}", flush=True)
     summary = run_config(overrides, out)

@@ -8,6 +8,7 @@ import torch
 
 from lipsync_lab.config import compose
 from lipsync_lab.diffusion.denoise import LipsyncDiffusion
+from lipsync_lab.diffusion.guidance import CFG
 from lipsync_lab.build import build_scheduler, build_unet, build_vae
 from lipsync_lab.face.mask import mouth_mask
 from lipsync_lab.timing import DIFFUSION_SUBSTAGES, BatchTimer
@@ -30,7 +31,7 @@ class RecordingUNet(torch.nn.Module):
 def make(unet, guidance=1.5, steps=2, scheduler="ddim", frames=N, compile="none"):
     cfg = compose([f"scheduler={scheduler}", f"compile={compile}"])
     return LipsyncDiffusion(unet, build_vae(cfg), build_scheduler(cfg), mouth_mask(256), steps=steps,
-                            guidance_scale=guidance, frames=frames, static_shapes=cfg.compile.static_shapes,
+                            guidance=CFG(guidance), frames=frames, static_shapes=cfg.compile.static_shapes,
                             seed=0)
 
 

@@ -11,7 +11,8 @@ from conftest import shared_file
 from lipsync_lab.face.align import FaceAligner, alignment_matrix, anchors, similarity_transform
 from lipsync_lab.face.landmarks import LandmarkDetector
 from lipsync_lab.face.mask import mouth_mask
-from lipsync_lab.face.restore import restore_cv2, roi_box
+from lipsync_lab.face.common import roi_box
+from lipsync_lab.face.restore import restore_cv2
 
 
 @pytest.fixture(scope="module")

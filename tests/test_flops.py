@@ -13,7 +13,7 @@ from conftest import ROOT
 from lipsync_lab.audio.features import StreamingAudioFeatures, lookahead_frames
 from lipsync_lab.build import build_audio_front_end
 from lipsync_lab.config import compose
-from lipsync_lab.flops import add_tflops, audio_flops, flop_count, peak_tflops, stage_flops
+from lipsync_lab.flops import add_tflops, flop_count, peak_tflops, stage_flops, stage_plans
 from lipsync_lab.media.source import SAMPLES_PER_FRAME
 from lipsync_lab.results import format_summary
 
@@ -62,14 +62,41 @@ def test_audio_flops_are_what_a_steady_batch_runs(audio, frames):
     ready = 2 * frames + lookahead_frames(cfg.audio.lookahead_s)  # batch 1 and its look-ahead
     stream.push(np.random.default_rng(0).standard_normal(ready * SAMPLES_PER_FRAME).astype(np.float32) * 0.1)
     counted = flop_count(lambda: stream.features(list(range(frames, 2 * frames))))  # real tensors, real window
-    assert counted == pytest.approx(audio_flops(cfg), rel=5e-3)
+    planned = stage_flops(cfg)["audio"]
+    assert counted == pytest.approx(planned, rel=5e-3)
     if audio == "whisper":
-        assert audio_flops(cfg) / 1e9 == pytest.approx(36.9, rel=2e-3)  # whisper-tiny, 30 s (anchors §A6)
+        assert planned / 1e9 == pytest.approx(36.9, rel=2e-3)  # whisper-tiny, 30 s (anchors §A6)
 
 
 def test_stages_without_a_torch_model_have_no_flops():
     assert "audio" not in stage_flops(compose(["audio=faster_whisper"]))  # CTranslate2: not torch's to count
-    assert set(stage_flops(compose(["model=passthrough"]))) == {"audio"}
+    assert set(stage_flops(compose(["diffusion=passthrough"]))) == {"audio"}
+
+
+def test_every_diffusion_and_audio_option_reports_its_plan():
+    """A stage says what it runs (its FLOP plan); one without a plan fails here instead of counting zero."""
+    from lipsync_lab.paths import CONF_DIR
+
+    for group in ("diffusion", "audio", "guidance", "cache"):
+        for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")):
+            plans = stage_plans(compose([f"{group}={option}"]))
+            assert "audio" in plans, (group, option)
+            if (group, option) != ("diffusion", "passthrough"):
+                assert len(plans["denoise"]) == 3 and plans["mask_latents"] == [("vae", "encode", 8)], (group, option)
+
+
+def test_a_plan_names_what_it_counts(monkeypatch):
+    """The count follows the plan: a stage whose plan doubles its UNet calls doubles its denoise FLOPs, and a call
+    the counter does not know is an error, not zero."""
+    from lipsync_lab import flops
+
+    cfg = compose(["batch_frames=4", "steps=2"])
+    base = stage_flops(cfg)
+    plans = stage_plans(cfg)
+    doubled = dict(plans, denoise=plans["denoise"] * 2)
+    assert flops.count_plans(cfg, doubled)["denoise"] == pytest.approx(2 * base["denoise"])
+    with pytest.raises(ValueError, match="cannot count"):
+        flops.count_plans(cfg, dict(plans, decode=[("gan", "decode", 4)]))
 
 
 def test_tflops_and_the_peak_fraction(monkeypatch):

@@ -17,7 +17,8 @@ from lipsync_lab.config import compose
 from lipsync_lab.face.align import alignment_matrix, warp_faces_cv2
 from lipsync_lab.face.kornia import KorniaAlign, KorniaRestore, _gaussian_blur
 from lipsync_lab.face.landmarks import LandmarkDetector
-from lipsync_lab.face.restore import restore_cv2, roi_box
+from lipsync_lab.face.common import roi_box
+from lipsync_lab.face.restore import restore_cv2
 
 RES = 256
 

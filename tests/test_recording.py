@@ -123,7 +123,7 @@ def test_a_cpu_run_records_resident_memory_and_says_so(tmp_path):
     from lipsync_lab.config import compose
     from lipsync_lab.run import run
 
-    cfg = compose(["model=passthrough", "max_frames=16", "batch_frames=8", "sink=none", "print_batches=false"])
+    cfg = compose(["diffusion=passthrough", "max_frames=16", "batch_frames=8", "sink=none", "print_batches=false"])
     summary = run(cfg, tmp_path / "0_run")
     memory = summary["memory"]
     assert memory["measured"].startswith("resident memory (RSS) only")

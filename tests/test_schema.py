@@ -61,6 +61,10 @@ BAD = [
     (["model.unet.layers_per_block=abc"], "model.unet.layers_per_block=abc: expects an integer"),
     (["vad=silero", "vad.detector.threshold=2"], "vad.detector.threshold=2: expects a number ≥ 0 and ≤ 1"),
     (["+nonsense=1"], "nonsense: not a setting lipsync_lab knows"),
+    # each valid alone, refused together (the stage would refuse it at build time): said before anything is built
+    (["diffusion.stream_batch=true", "cache=deepcache"], "diffusion.stream_batch=true: clips at different steps share "
+                                                         "one UNet call, so every step must run the same UNet "
+                                                         "callable; cache.interval=3 makes steps shallow"),
 ]
 
 
@@ -88,6 +92,9 @@ def test_values_that_are_right_pass():
                         "vad=silero", "vad.detector.pad_ms=100", "audio=whisper_window",
                         "audio.front_end.positions=window", "model.unet.layers_per_block=2"], multirun=False)
     check_command_line(["steps=1,2", "compile=none,unet"], multirun=True)
+    # Stream Batch with DeepCache where every step is full: interval 1, or a single step
+    check_command_line(["diffusion.stream_batch=true", "cache=deepcache", "cache.interval=1"], multirun=False)
+    check_command_line(["diffusion.stream_batch=true", "cache=deepcache", "steps=1"], multirun=False)
 
 
 def test_run_checks_a_config_composed_in_python(tmp_path):

@@ -1,6 +1,6 @@
 """Every way a run ends leaves a known state: real signals sent to real `python -m lipsync_lab` processes.
 
-The runs are `model=passthrough` streams paced at 25 fps (the embedded demo): cheap, and slow enough in wall time
+The runs are `diffusion=passthrough` streams paced at 25 fps (the embedded demo): cheap, and slow enough in wall time
 to be signalled mid-stream. Each test waits for the run's own printed batch blocks before signalling, so what is
 asserted does not depend on this machine's speed.
 """
@@ -22,7 +22,7 @@ import pytest
 from conftest import ROOT
 from lipsync_lab.results import run_index
 
-PACED = ["model=passthrough", "source.pace=realtime", "batch_frames=8", "save_crops=0", "print_batches=true"]
+PACED = ["diffusion=passthrough", "source.pace=realtime", "batch_frames=8", "save_crops=0", "print_batches=true"]
 TINY = ["model=tiny", "steps=1", "batch_frames=8", "save_crops=0", "print_batches=true", "vae=tiny"]
 
 

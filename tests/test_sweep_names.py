@@ -13,7 +13,7 @@ from scipy.io import wavfile
 from conftest import ROOT, write_video
 from lipsync_lab.media.demo import DemoSource
 
-TINY = ["model=passthrough", "sink=none", "max_frames=4", "batch_frames=4", "print_batches=false", "save_crops=0"]
+TINY = ["diffusion=passthrough", "sink=none", "max_frames=4", "batch_frames=4", "print_batches=false", "save_crops=0"]
 
 
 def lab(module: str, *args: str) -> subprocess.CompletedProcess:
@@ -53,7 +53,7 @@ def test_a_sweep_over_videos_names_each_job_by_its_video(tmp_path):
                                                          ("talk_two", 2)], strict=True)):
         num, tokens = name.split("_", 1)[0], name.split("_", 1)[1].split(",")
         assert num == str(i) and tokens[-1] == f"video={stem}" and f"steps={steps}" in tokens, name
-        assert "model=passthrough" in tokens and not any(t.startswith("source") for t in tokens), name
+        assert "diffusion=passthrough" in tokens and not any(t.startswith("source") for t in tokens), name
     # without the job number every folder is still a different name
     assert len({name.split("_", 1)[1] for name in jobs}) == 4
 

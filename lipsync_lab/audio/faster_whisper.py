@@ -153,6 +153,7 @@ class FasterWhisperEncoder:
     layers_out = 5
     dim = 384
     latentsync_layout = False  # one layer (after ln_post) repeated, not the stack LatentSync's UNets were trained on
+    counted_by_torch = False  # CTranslate2 runs outside torch: FlopCounterMode cannot see it (flops.py)
 
     def __init__(self, model, folder: Path, device: torch.device, dtype: torch.dtype = torch.float32):
         self.model = model      # ctranslate2.models.Whisper

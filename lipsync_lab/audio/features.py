@@ -174,12 +174,23 @@ class ContextWindow:
         return self._start(lo)
 
 
+def encoder_plan(encoder, mel_frames: int) -> list[tuple]:
+    """The audio stage's FLOP plan (flops.py counts it): one encoder pass on `mel_frames`, or none where the encoder
+    runs outside torch (CTranslate2: `counted_by_torch = False`), where the counter cannot see it."""
+    return [("whisper", "encode", mel_frames)] if encoder.counted_by_torch else []
+
+
 class SegmentAligned:
     """`audio=whisper`: upstream's segmenting kept in a stream (see the module docstring)."""
 
     def __init__(self, encoder):
         self.encoder = encoder
         self.done: dict[int, torch.Tensor] = {}  # segment → its (1500, 5, 384) features, encoded with all its audio
+
+    def flop_plan(self, batch_frames: int, lookahead: int) -> dict[str, list[tuple]]:
+        """Per steady batch: the current 30-s segment, zero-padded to 30 s, whatever the batch (a batch crossing a
+        segment boundary encodes two: the usual batch's count is given)."""
+        return dict(audio=encoder_plan(self.encoder, WINDOW_FRAMES))
 
     def __call__(self, stream: StreamingAudioFeatures, lo: int, available: int) -> tuple[torch.Tensor, int]:
         parts = []
@@ -220,6 +231,13 @@ class SlidingWindow:
 
     def _start(self, lo: int, available: int) -> int:
         return min(lo, max(0, available - self.window_steps))
+
+    def flop_plan(self, batch_frames: int, lookahead: int) -> dict[str, list[tuple]]:
+        """Per steady batch: from the batch's first frame's first step to the audio received (its frames and the
+        look-ahead), widened to `window_s` when padded."""
+        span = STEPS_PER_FRAME * (batch_frames + lookahead) + LEFT
+        steps = max(span, self.window_steps) if self.pad else span
+        return dict(audio=encoder_plan(self.encoder, 2 * steps))
 
     def __call__(self, stream: StreamingAudioFeatures, lo: int, available: int) -> tuple[torch.Tensor, int]:
         start = self._start(lo, available)

@@ -65,6 +65,7 @@ class WhisperFeatures(torch.nn.Module):
     layers_out = 5
     dim = 384
     latentsync_layout = True  # the stem + 4 blocks, before ln_post: what LatentSync's UNets were trained on
+    counted_by_torch = True  # a torch module: FlopCounterMode counts it (flops.py)
 
     def __init__(self, encoder: WhisperEncoder):
         super().__init__()

@@ -28,7 +28,7 @@ import torch
 
 from lipsync_lab.executors.stream import StreamBook, StreamResult, StreamSettings
 from lipsync_lab.media.source import iter_batches
-from lipsync_lab.pipeline import LipsyncPipeline
+from lipsync_lab.pipeline import LipsyncPipeline, run_stage
 
 _DONE = object()   # end of stream, passed down the queues
 _POLL_S = 0.05     # how often a blocked worker checks whether the stream was stopped
@@ -110,22 +110,28 @@ class PipelinedExecutor:
                 stream.put(qs[0], book.open(batch))
             stream.put(qs[0], _DONE)
 
-        def worker(fn, q_in, in_order: _InOrder, siblings: list[int]):
+        def worker(key, fn, q_in, in_order: _InOrder, siblings: list[int]):
             while (work := stream.get(q_in)) is not _DONE:
-                fn(work)
+                released = run_stage(fn, [work])  # usually the batch itself (a stage may hold batches back)
                 if device.type == "cuda":  # the next stage reads this one's tensors from another stream
                     torch.cuda.current_stream(device).synchronize()
-                in_order.emit(work.batch.index, work)
+                for done in released:
+                    in_order.emit(done.batch.index, done)
             with in_order.lock:  # the last worker of a stage to see the end passes it on
                 siblings[0] -= 1
                 last = siblings[0] == 0
+            if last and not book.stop_requested:  # what the stage still holds, then the end
+                for done in pipeline.finish(key):
+                    if device.type == "cuda":
+                        torch.cuda.current_stream(device).synchronize()
+                    in_order.emit(done.batch.index, done)
             stream.put(q_in if not last else in_order.out, _DONE)  # siblings see the end too
 
         threads = [self._thread("read", read, stream, device)]
         for i, (key, fn) in enumerate(stages):
             workers = self.restore_workers if key == "restore" else 1
             in_order, siblings = _InOrder(stream, qs[i + 1]), [workers]
-            threads += [self._thread(f"{key}-{w}", worker, stream, device, fn, qs[i], in_order, siblings)
+            threads += [self._thread(f"{key}-{w}", worker, stream, device, key, fn, qs[i], in_order, siblings)
                         for w in range(workers)]
         for t in threads:
             t.start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lipsync_lab.executors.stream import StreamBook, StreamResult, StreamSettings
 from lipsync_lab.media.source import iter_batches
-from lipsync_lab.pipeline import LipsyncPipeline
+from lipsync_lab.pipeline import LipsyncPipeline, run_stage
 
 
 class SequentialExecutor:
@@ -23,10 +23,19 @@ class SequentialExecutor:
                 batch = next(batches, None)
                 if batch is None:
                     break
-                work = book.open(batch)
+                works = [book.open(batch)]
                 for _, stage in pipeline.stages():
-                    stage(work)
-                book.write(sink, work)
+                    works = run_stage(stage, works)
+                for work in works:  # usually the batch itself; none, or several, when a stage holds batches back
+                    book.write(sink, work)
+            if not book.stop_requested:  # the stream ended: what a stage still holds goes through the rest
+                stages = pipeline.stages()
+                for i, (key, _) in enumerate(stages):
+                    works = pipeline.finish(key)
+                    for _, later in stages[i + 1:]:
+                        works = run_stage(later, works)
+                    for work in works:
+                        book.write(sink, work)
             book.finish_sink(sink)
             completed = True
         except BaseException:

@@ -27,10 +27,8 @@ from lipsync_lab.media.source import FPS, SAMPLES_PER_FRAME, Batch
 from lipsync_lab.pipeline import BatchResult, Work
 from lipsync_lab.recording import MemoryRecorder
 from lipsync_lab.stopping import StopRequest
-from lipsync_lab.timing import MB, TOP_LEVEL, BatchTimer, MemoryProbe, rss_mb
+from lipsync_lab.timing import MB, PROCESSING, BatchTimer, MemoryProbe, rss_mb
 
-# the stages between reading and writing: a batch's processing starts with the first and ends with the last
-PROCESSING = [key for key in TOP_LEVEL if key not in ("read", "write")]
 
 
 @dataclass(frozen=True)
@@ -95,7 +93,7 @@ class StreamBook:
             lo = batch.start * SAMPLES_PER_FRAME
             sink.write(out.frames, self.source.audio[lo:lo + len(out.frames) * SAMPLES_PER_FRAME])
         written_s = self.pacer.elapsed()
-        ran = [k for k in PROCESSING if k in timer.starts]
+        ran = [k for k in PROCESSING if k in timer.starts]  # a batch's processing: its first stage to its last
         rows = timer.rows(self.settings.run_id)
         self.result.recorder.add(rows, dict(
             run_id=self.settings.run_id, batch=batch.index, first_frame=batch.start, frames=len(batch.frames),

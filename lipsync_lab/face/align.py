@@ -14,12 +14,11 @@ import cv2
 import numpy as np
 import torch
 
-from lipsync_lab.face.restore import INTERPOLATION, per_face
+from lipsync_lab.face.common import GREY, INTERPOLATION, per_face
 
 # anchors (left brow, right brow, nose) in the 256-px template, and the crop they sit in (reference §2.2)
 _TEMPLATE_256 = np.array([[17.0, 20.0], [58.0, 20.0], [37.5, 40.0]]) * 2.8
 _CROP_W_256, _CROP_H_256 = int(75 * 2.8), int(100 * 2.8)  # 210 × 280
-GREY = 127
 
 
 def anchors(landmarks68: np.ndarray) -> np.ndarray:

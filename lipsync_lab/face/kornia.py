@@ -54,8 +54,7 @@ from kornia.geometry.transform import warp_affine
 from kornia.morphology import erosion
 
 from lipsync_lab.devices import resolve_device
-from lipsync_lab.face.align import GREY
-from lipsync_lab.face.restore import roi_box
+from lipsync_lab.face.common import GREY, roi_box
 
 __all__ = ["KorniaAlign", "KorniaRestore"]
 
