@@ -25,12 +25,13 @@ import numpy as np
 import pandas as pd
 
 from lipsync_lab.results import collect_runs, run_index
-from lipsync_lab.timing import TOP_LEVEL
+from lipsync_lab.timing import COMPARED
 
 log = logging.getLogger(__name__)
 
-STAGE_COLUMNS = [*TOP_LEVEL[:4], "denoise", "decode", *TOP_LEVEL[4:]]  # read face audio diffusion (…) restore write
+STAGE_COLUMNS = COMPARED  # read face audio diffusion (denoise decode) restore write: timing.STAGES' order
 TFLOPS_COLUMNS = ["denoise", "decode"]  # stages whose achieved TFLOP/s the table shows
+UNET_COLUMNS = {"unet_frames": "UNet frames", "unet_frames_shallow": "of which shallow"}  # per batch, median
 MEMORY_COLUMNS = {"model_mb": "model MB", "inference_mb": "inference MB", "vram_peak_mb": "VRAM peak MB",
                   "rss_peak_mb": "RSS peak MB"}
 
@@ -88,6 +89,10 @@ def compare(paths, baseline: str | None = None) -> pd.DataFrame:
             memory = summary.get("memory") or {}  # absent in older runs
             row.update(model_mb=memory.get("model_mb"), inference_mb=memory.get("inference_mb"),
                        vram_peak_mb=memory.get("stream_peak_allocated_mb"), rss_peak_mb=memory.get("rss_peak_mb"))
+            # what a batch cost the UNet (guidance branches × frames; shallow DeepCache steps apart), absent in
+            # older runs and for diffusion=passthrough
+            row.update(unet_frames=summary.get("unet_frames_per_batch"),
+                       unet_frames_shallow=summary.get("unet_frames_shallow_per_batch"))
             row.update(total=summary["batch_total_median"], fps=summary["fps"], frames=summary["steady_frames"],
                        compile_s=summary.get("compile_s"),
                        graphs_after_warmup=summary.get("graphs_compiled_after_warmup"),
@@ -136,7 +141,8 @@ def format_table(table: pd.DataFrame) -> str:
     stream = [k for k in ("stream_fps", "first_frame_s") if k in table and table[k].notna().any()]
     # memory: the device's (CUDA: the models' and what inference adds) where measured; the process's peak RSS always
     memory = [k for k in MEMORY_COLUMNS if k in table and table[k].notna().any()]
-    head = ["run", *[f"{k} ms" for k in stages], "total ms", "fps",
+    unet = [k for k in UNET_COLUMNS if k in table and table[k].notna().any() and (table[k] > 0).any()]
+    head = ["run", *[f"{k} ms" for k in stages], "total ms", "fps", *[UNET_COLUMNS[k] for k in unet],
             *[{"stream_fps": "stream fps", "first_frame_s": "first frame s"}[k] for k in stream],
             *[f"{k} TFLOP/s" for k in tflops], *[MEMORY_COLUMNS[k] for k in memory],
             "speed-up", "diffusion speed-up",
@@ -152,7 +158,7 @@ def format_table(table: pd.DataFrame) -> str:
             lines.append(row([name, f"{r['status']}: {r.get('error') or 'no summary'}"] + [""] * (len(head) - 2)))
             continue
         cells = [name, *[_num(1000 * r[k], ".1f") for k in stages], _num(1000 * r["total"], ".1f"),
-                 _num(r["fps"], ".2f"), *[_num(r.get(k), ".2f") for k in stream],
+                 _num(r["fps"], ".2f"), *[_num(r.get(k), ".0f") for k in unet], *[_num(r.get(k), ".2f") for k in stream],
                  *[_num(r.get(f"{k}_tflops"), ".3g") for k in tflops], *[_num(r.get(k), ".0f") for k in memory],
                  _num(r.get("speedup"), ".2f"), _num(r.get("diffusion_speedup"), ".2f"),
                  _num(r.get("compile_s"), ".1f"), _num(r.get("graphs_after_warmup"), ".0f"),
@@ -163,7 +169,7 @@ def format_table(table: pd.DataFrame) -> str:
     lines.append("")
     lines.append(f"Steady-state medians per batch; * = baseline (speed-up = its time / the run's); fps = frames / "
                  f"summed stage times, stream fps = measured output rate (they differ when stages overlap: "
-                 f"executor=pipelined); drift over the regenerated mouth region of the lossless crops; memory in MB "
+                 f"executor=pipelined); UNet frames = the UNet's frame-evaluations per batch (branches × frames); drift over the regenerated mouth region of the lossless crops; memory in MB "
                  f"(model / inference: device memory the models hold / inference adds at its peak; RSS: the "
                  f"process's high-water mark). "
                  f"Device: {'; '.join(devices) or 'unknown'}.")
@@ -171,12 +177,41 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 def write_comparison(table: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """comparison.csv and comparison.md, and contact_sheet.png where the runs kept crops: the same frames' mouths
+    for the baseline and each variant with their |Δ| maps (plots.contact_sheet) — a drift figure is looked at before
+    it is trusted."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv, md = out_dir / "comparison.csv", out_dir / "comparison.md"
     table.to_csv(csv, index=False)
     md.write_text(format_table(table) + "\n")
+    write_contact_sheet(table, out_dir)
     return csv, md
+
+
+def write_contact_sheet(table: pd.DataFrame, out_dir: str | os.PathLike, frames: int = 4) -> Path | None:
+    """contact_sheet.png beside the table, or None (said in the log) when fewer than two finished runs kept crops
+    of common frames."""
+    if "baseline" not in table:
+        return None
+    done = table[table["status"] == "ok"]
+    crops = {r.run: load_crops(r.run_dir) for r in done.itertuples()}
+    base = done.loc[done["baseline"], "run"]
+    if base.empty or sum(c is not None for c in crops.values()) < 2:
+        return None
+    import matplotlib.pyplot as plt
+
+    from lipsync_lab.plots import contact_sheet
+
+    try:
+        fig = contact_sheet(crops, base.iloc[0], frames)
+    except ValueError as e:  # no crops in common: the table still stands
+        log.warning("no contact sheet: %s", e)
+        return None
+    path = Path(out_dir) / "contact_sheet.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -273,3 +273,100 @@ def memory_bars(df: pd.DataFrame, by: str = "variant", ax=None):
     ax.invert_yaxis()
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
     return ax
+
+
+def speed_vs_drift(trials: pd.DataFrame, ax=None):
+    """A search's trials (search.read_trials / trials_frame): sustained fps against drift (mean |Δ| grey levels
+    against the reference run), one dot per finished trial labelled by its number, the Pareto front drawn as the
+    staircase it bounds (faster and closer are better: right and down), the enqueued seed variants starred and
+    named. Failed trials have no point: the title counts them."""
+    done = trials[trials["state"] == "COMPLETE"]
+    ax = ax or plt.subplots(figsize=(8, 5))[1]
+    ax.scatter(done["fps"], done["drift"], s=28, color="C0", alpha=0.7, label="trial", zorder=2)
+    for r in done.itertuples():
+        ax.annotate(str(r.number), (r.fps, r.drift), textcoords="offset points", xytext=(4, 3), fontsize="x-small",
+                    color="0.3")
+    front = done[done["pareto"].astype(bool)].sort_values("fps")
+    if len(front):
+        # a point dominates everything slower and with more drift: the front's staircase bounds that region
+        ax.step(front["fps"], front["drift"], where="pre", color="C3", lw=1.2, zorder=1)
+        ax.scatter(front["fps"], front["drift"], s=220, facecolor="none", edgecolor="C3", lw=1.5,
+                   label="Pareto front", zorder=5)  # a ring drawn over the stars, so a seed on the front shows both
+    seeds = done[done["seed_variant"].fillna("").astype(str) != ""]
+    colours = [f"C{i}" for i in (1, 2, 4, 5, 6, 8, 9)]  # not the trials' C0 nor the front's C3
+    for i, r in enumerate(seeds.itertuples()):  # named in the legend: the seed's variants often lie close together
+        ax.scatter([r.fps], [r.drift], s=150, marker="*", color=colours[i % len(colours)], edgecolor="k", lw=0.5,
+                   label=f"seed: {r.seed_variant}", zorder=4)
+    failed = int((trials["state"] == "FAIL").sum())
+    ax.set_title(f"{len(done)} trials" + (f" ({failed} failed, not shown)" if failed else "")
+                 + f"; {len(front)} on the Pareto front")
+    ax.set_xlabel("sustained fps (higher is better)")
+    ax.set_ylabel("drift: mean |Δ| grey levels vs the reference (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def mouth_panels(runs: dict[str, dict], baseline: str, frames: int = 4, margin: int = 8) -> dict:
+    """The pictures of a contact sheet, as arrays: for up to `frames` frames every run has (spread over them), each
+    run's mouth — the crops.npz crop cut to the regenerated region's box plus `margin` pixels — and, for each run but
+    the baseline, |run − baseline| in grey levels (the mean over the colour channels) over the same box.
+    runs: name → compare.load_crops(...) (None: no crops). Returns dict(frames, names, mouths[name] (k, h, w, 3)
+    uint8, diffs[name] (k, h, w) float, box)."""
+    have = {name: c for name, c in runs.items() if c is not None}
+    if baseline not in have:
+        raise ValueError(f"the baseline {baseline!r} has no crops")
+    common = set(have[baseline]["frames"].tolist())
+    for c in have.values():
+        if c["crops"].shape[1:] == have[baseline]["crops"].shape[1:]:
+            common &= set(c["frames"].tolist())
+    if not common:
+        raise ValueError("the runs have no generated frame in common")
+    common = sorted(common)
+    picked = [common[i] for i in np.linspace(0, len(common) - 1, min(frames, len(common))).round().astype(int)]
+    rows, cols = np.nonzero(have[baseline]["regenerated"])
+    res = have[baseline]["crops"].shape[1]
+    box = (max(0, rows.min() - margin), min(res, rows.max() + 1 + margin),
+           max(0, cols.min() - margin), min(res, cols.max() + 1 + margin))
+    names = [baseline] + [n for n in have if n != baseline and have[n]["crops"].shape[1:] == (res, res, 3)]
+
+    def mouths(c):
+        index = {int(f): i for i, f in enumerate(c["frames"])}
+        return np.stack([c["crops"][index[f]][box[0]:box[1], box[2]:box[3]] for f in picked])
+
+    out = {n: mouths(have[n]) for n in names}
+    base = out[baseline].astype(np.float64)
+    diffs = {n: np.abs(out[n].astype(np.float64) - base).mean(-1) for n in names if n != baseline}
+    return dict(frames=picked, names=names, mouths=out, diffs=diffs, box=box)
+
+
+def contact_sheet(runs: dict[str, dict], baseline: str, frames: int = 4, vmax: float | None = None):
+    """A figure of `mouth_panels`: one row per run (the baseline first), and per frame the run's mouth beside its
+    |Δ| map against the baseline (one colour scale for the whole sheet, its maximum in the title) — what a cache
+    or guidance variant changed, to look at before trusting its drift figure."""
+    panels = mouth_panels(runs, baseline, frames)
+    names, picked = panels["names"], panels["frames"]
+    top = vmax or max([float(d.max()) for d in panels["diffs"].values()] + [1.0])
+    fig, axes = plt.subplots(len(names), 2 * len(picked), squeeze=False,
+                             figsize=(2.0 * 2 * len(picked), 2.1 * len(names) + 0.6))
+    image = None
+    for r, name in enumerate(names):
+        for c, frame in enumerate(picked):
+            ax_mouth, ax_diff = axes[r, 2 * c], axes[r, 2 * c + 1]
+            ax_mouth.imshow(panels["mouths"][name][c])
+            if name in panels["diffs"]:
+                image = ax_diff.imshow(panels["diffs"][name][c], cmap="magma", vmin=0, vmax=top)
+                ax_diff.set_title(f"|Δ| mean {panels['diffs'][name][c].mean():.2f}", fontsize="x-small")
+            if r == 0:
+                ax_mouth.set_title(f"frame {frame}", fontsize="small")
+            for ax in (ax_mouth, ax_diff):
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.set_frame_on(name in panels["diffs"] or ax is ax_mouth)
+        axes[r, 0].set_ylabel(("* " if name == baseline else "") + name, fontsize="x-small", rotation=0,
+                              ha="right", va="center")
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="|Δ| grey levels")
+    fig.suptitle(f"generated mouths, baseline * first; |Δ| against it (scale 0–{top:.0f} grey levels)",
+                 fontsize="small")
+    return fig

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 __all__ = ["CompareAfterSweep", "LandmarksBeforeSweep", "SweepOutcome", "compare_sweep", "fill_landmark_cache",
            "unfinished_jobs"]
 
-_SWEEP_DIRS: list[str] = []  # the sweeps this process ran (SweepOutcome)
+_SWEEPS: list[tuple[str, float]] = []  # the sweeps this process ran, and when each started (SweepOutcome)
 
 
 def compare_sweep(sweep_dir: str) -> None:
@@ -51,18 +51,22 @@ class SweepOutcome(Callback):
     """Remembers the sweep's folder, for `unfinished_jobs` once Hydra is done."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        _SWEEP_DIRS.append(str(config.hydra.sweep.dir))
+        _SWEEPS.append((str(config.hydra.sweep.dir), time.time()))
 
 
 def unfinished_jobs() -> list[str]:
-    """'<job folder>: <status> (<why>)' for each job of this process's sweeps that did not end `ok`."""
+    """'<job folder>: <status> (<why>)' for each job this process's sweeps ran that did not end `ok` (a folder
+    written before the sweep started — a resumed search's earlier trials — is not this command's)."""
     from lipsync_lab.results import run_index
 
     out = []
-    for sweep_dir in _SWEEP_DIRS:
+    for sweep_dir, started in _SWEEPS:
         index = run_index(sweep_dir)
         for row in index[index["status"] != "ok"].itertuples():
-            out.append(f"{os.path.basename(row.run_dir)}: {row.status}" + (f" ({row.error})" if row.error else ""))
+            marker = os.path.join(row.run_dir, "summary.json")
+            written = os.path.getmtime(marker) if os.path.exists(marker) else os.path.getmtime(row.run_dir)
+            if written >= started:
+                out.append(f"{os.path.basename(row.run_dir)}: {row.status}" + (f" ({row.error})" if row.error else ""))
     return out
 
 

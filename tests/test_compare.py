@@ -38,6 +38,36 @@ def test_two_group_multirun_writes_one_folder_per_combination_and_a_comparison(t
     assert abs(row["speedup"] - base["total"].iloc[0] / row["total"]) < 1e-9
     assert "| run |" in r.stdout and "comparison.md" in r.stdout  # printed at the end of the sweep
     assert (tmp_path / "comparison.md").read_text().startswith("| run |")
+    # what a batch cost the UNet: 1 step × 2 CFG branches × 4 frames, every job
+    assert (table["unet_frames"] == 8).all() and "| UNet frames |" in (tmp_path / "comparison.md").read_text()
+    # the mouths themselves, baseline and variants, with their |Δ| maps
+    assert (tmp_path / "contact_sheet.png").stat().st_size > 10_000
+
+
+def test_the_contact_sheet_shows_the_same_frames_and_their_differences():
+    from lipsync_lab.plots import contact_sheet, mouth_panels
+
+    res = 32
+    region = np.zeros((res, res), np.uint8)
+    region[20:28, 8:24] = 1  # the regenerated mouth
+    rng = np.random.default_rng(0)
+    base_crops = rng.integers(0, 200, (5, res, res, 3), dtype=np.uint8)
+    other = base_crops.copy()
+    other[:, 20:28, 8:24] += 10  # the variant paints the mouth 10 grey levels brighter
+    runs = {"base": dict(frames=np.arange(5), crops=base_crops, regenerated=region),
+            "variant": dict(frames=np.arange(1, 6), crops=np.concatenate([other[1:], other[:1]]),
+                            regenerated=region),
+            "no crops": None}
+    panels = mouth_panels(runs, "base", frames=3, margin=2)
+    assert panels["frames"] == [1, 3, 4] and panels["names"] == ["base", "variant"]  # common frames, spread
+    assert panels["box"] == (18, 30, 6, 26)
+    assert panels["mouths"]["base"].shape == (3, 12, 20, 3)
+    diff = panels["diffs"]["variant"]
+    assert diff[:, 2:10, 2:18].min() == diff.max() == 10 and diff[:, :2].max() == 0  # inside the mouth only
+    fig = contact_sheet(runs, "base", frames=3)
+    assert len(fig.axes) == 2 * 2 * 3 + 1  # 2 runs × 3 frames × (mouth, |Δ|) + the colour bar
+    with pytest.raises(ValueError, match="no crops"):
+        mouth_panels(runs, "no crops")
 
 
 def test_a_failed_run_is_listed_not_skipped(tmp_path):

@@ -33,6 +33,12 @@ SMALL = {
                                                            "sequential/stream.parquet", "pipelined/stream.parquet"]),
     "05_profiler_review.ipynb": (dict(OVERRIDES=TINY_RUN), ["trace_review.png", "top_operators.csv",
                                                             "run/trace.json"]),
+    "06_speed_vs_drift.ipynb": (dict(OVERRIDES=["device=cpu", "max_frames=8", "batch_frames=4", "steps=1",
+                                                "audio=whisper_window", "hydra.sweeper.n_trials=3",
+                                                "hydra.sweeper.enqueue=[{compile:none}]",
+                                                "hydra.sweeper.sampler.population_size=2"]),
+                                ["speed_vs_drift.png", "pareto.csv", "trials.csv", "study.db",
+                                 "reference/crops.npz"]),
 }
 TEST_RESULTS = RESULTS_DIR / ".test-notebooks"
 
