@@ -6,12 +6,17 @@
 #   0-2  experiment=seed_table: the seed's settings (latentsync_v1, TAESD, dpmpp 3 steps, CFG 1.5, batch 8, fp16)
 #        with compile=none, unet, unet_vae
 #   3    the same, compile=unet_vae compile.mode=reduce-overhead (CUDA graphs)
-#   4    the same, eager, batch_frames=16
-#   5    model=latentsync_v15 vae=kl steps=2 batch_frames=16, eager fp16
-#   6    the seed's settings, eager, executor=pipelined with input paced at 25 fps, align/restore on the device
+#   4-6  the seed's settings, eager, doing less work per frame: guidance=residual_self (one UNet branch a step),
+#        cache=deepcache (interval 3: one full step, two shallow), diffusion.stream_batch=true (the clips in
+#        flight share one UNet call)
+#   7    the seed's settings, eager, executor=pipelined with input paced at 25 fps, align/restore on the device
 #        (kornia) and audio=whisper_window: each stage on its own thread and CUDA stream, first-frame latency and
 #        sustained fps measured (the run's "Stream" line; stream fps / first frame s in the table)
-# then prints one comparison table of the seven runs (baseline: compile=none). Runs go to results/gpu_bench/<time>/;
+#   8    model=latentsync_v16 vae=kl (512 px) with Stream Batch and residual CFG, eager fp16: can v1.6 keep up?
+#   9    the seed's settings, eager, batch_frames=16
+#   10   model=latentsync_v15 vae=kl steps=2 batch_frames=16, eager fp16
+#   11   experiment=search, 4 eager trials of 48 frames (into <runs>_search/: its own table, trials.csv, pareto.csv)
+# then prints one comparison table of the runs (baseline: compile=none). Runs go to results/gpu_bench/<time>/;
 # the table (comparison.md/.csv), the log and a tarball of the runs' timings also go to $OUT/gpu_bench/<time>/
 # when $OUT is set (the device tool's folder of files that come back).
 # Each run is cut off (and listed as incomplete) where it would leave no time for the table within BENCH_BUDGET_S
@@ -79,9 +84,9 @@ torch {torch.__version__}, diffusers {diffusers.__version__}, hydra {hydra.__ver
   fi
 
   # the run settings: the seed's on the GPU; the CPU-sized model, 16 frames, 1 step in smoke mode
-  local model=latentsync_v1 precision=fp16 steps=3 v15=latentsync_v15 v15_steps=2 extra=()
+  local model=latentsync_v1 precision=fp16 steps=3 v15=latentsync_v15 v15_steps=2 v16=latentsync_v16 extra=()
   if [ "$SMOKE" = 1 ]; then
-    model=tiny precision=fp32 steps=1 v15=tiny v15_steps=1 extra=(max_frames=16)
+    model=tiny precision=fp32 steps=1 v15=tiny v15_steps=1 v16=tiny extra=(max_frames=16)
   fi
   local common=(device="$DEVICE" sink=none print_batches=false "${extra[@]}")
   local seed=(model=$model vae=tiny scheduler=dpmpp precision=$precision steps=$steps guidance_scale=1.5
@@ -150,19 +155,35 @@ for path in sys.argv[1:]:
     names+=("$name"); walls+=("$(secs "$t" "$(now)")"); states+=("$state")
     echo "=== $name: ${walls[-1]} s, ${states[-1]}"
   }
-  # the sweep and the single runs side by side in $RUNS, numbered 0-5: the table lists them in that order
+  # the sweep and the single runs side by side in $RUNS, numbered 0-10: the table lists them in that order
   step "0-2 seed_table (compile=none,unet,unet_vae)" -m lipsync_lab experiment=seed_table "${seed[@]}" "${common[@]}" \
     "hydra.sweep.dir=$RUNS" "hydra.sweep.subdir='\${hydra.job.num}_compile=\${hydra.runtime.choices.compile}'" \
     '~hydra.callbacks.compare'
   step "3 unet_vae reduce-overhead" -m lipsync_lab "${seed[@]}" "${common[@]}" compile=unet_vae \
     compile.mode=reduce-overhead "hydra.run.dir=$RUNS/3_unet_vae_reduce-overhead"
-  step "4 eager, batch 16" -m lipsync_lab "${seed[@]}" "${common[@]}" batch_frames=16 "hydra.run.dir=$RUNS/4_b16"
-  step "5 v1.5 + KL VAE, 2 steps, batch 16" -m lipsync_lab "${seed[@]}" "${common[@]}" model=$v15 vae=kl \
-    steps=$v15_steps batch_frames=16 "hydra.run.dir=$RUNS/5_v15_kl_s2_b16"
-  step "6 pipelined, paced, kornia, whisper_window" -m lipsync_lab "${seed[@]}" "${common[@]}" executor=pipelined \
-    source.pace=realtime align=kornia restore=kornia audio=whisper_window "hydra.run.dir=$RUNS/6_pipelined_paced"
+  # doing less work per frame (issue #13), at the seed's settings: one UNet branch a step, shallow steps, clips
+  # at different steps sharing one call
+  step "4 residual CFG, self-negative" -m lipsync_lab "${seed[@]}" "${common[@]}" guidance=residual_self \
+    "hydra.run.dir=$RUNS/4_residual_self"
+  step "5 DeepCache, interval 3" -m lipsync_lab "${seed[@]}" "${common[@]}" cache=deepcache cache.interval=3 \
+    "hydra.run.dir=$RUNS/5_deepcache_i3"
+  step "6 Stream Batch" -m lipsync_lab "${seed[@]}" "${common[@]}" diffusion.stream_batch=true \
+    "hydra.run.dir=$RUNS/6_stream_batch"
+  step "7 pipelined, paced, kornia, whisper_window" -m lipsync_lab "${seed[@]}" "${common[@]}" executor=pipelined \
+    source.pace=realtime align=kornia restore=kornia audio=whisper_window "hydra.run.dir=$RUNS/7_pipelined_paced"
+  step "8 v1.6 + KL, Stream Batch, residual CFG" -m lipsync_lab "${seed[@]}" "${common[@]}" model=$v16 vae=kl \
+    diffusion.stream_batch=true guidance=residual_self "hydra.run.dir=$RUNS/8_v16_kl_stream_batch_residual"
+  step "9 eager, batch 16" -m lipsync_lab "${seed[@]}" "${common[@]}" batch_frames=16 "hydra.run.dir=$RUNS/9_b16"
+  step "10 v1.5 + KL VAE, 2 steps, batch 16" -m lipsync_lab "${seed[@]}" "${common[@]}" model=$v15 vae=kl \
+    steps=$v15_steps batch_frames=16 "hydra.run.dir=$RUNS/10_v15_kl_s2_b16"
+  # a small search (experiment=search, eager: compile stays out of a step that must finish), in a folder of its own
+  # beside the runs (its trials are not rows of the table): that the study runs on this server, and the bundle
+  # carries optuna
+  step "11 search, 4 trials, eager" -m lipsync_lab experiment=search device="$DEVICE" model=$model \
+    precision=$precision max_frames=48 compile=none compile.mode=default hydra.sweeper.n_trials=4 \
+    'hydra.sweeper.enqueue=[{compile:none}]' hydra.sweeper.sampler.population_size=2 "hydra.sweep.dir=${RUNS}_search"
 
-  # 4. One table of the seven runs
+  # 4. One table of the runs
   echo
   echo "=== comparison (baseline compile=none)"
   t=$(now)
@@ -172,6 +193,8 @@ for path in sys.argv[1:]:
     cp "$RUNS"/comparison.md "$RUNS"/comparison.csv "$DEST"/ 2>/dev/null || true
     # each run's timings, summary and overrides in one file (the crops stay behind: they are the bulk)
     tar -czf "$DEST/runs.tar.gz" -C "$RUNS" --exclude=crops.npz . || true
+    mkdir -p "$DEST/search" && cp "${RUNS}_search"/{trials.csv,pareto.csv,comparison.md} "$DEST/search/" 2>/dev/null \
+      || true
   fi
   echo
   echo "Wall time per step:"

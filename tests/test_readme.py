@@ -37,7 +37,14 @@ def documented_overrides() -> list[str]:
 def test_a_documented_key_or_option_exists(token):
     key, _, value = token.partition("=")
     key = key.lstrip("+~")
-    if key in GROUPS and value:
+    if key.startswith("hydra.sweeper."):  # the search's sweeper (experiment=search): a key of its registered config
+        from omegaconf import OmegaConf
+
+        from lipsync_lab.schema import _compose
+        absent = object()
+        assert OmegaConf.select(_compose(["experiment=search"]), key, default=absent) is not absent, \
+            f"{token}: {key} is not a key of the search's sweeper"
+    elif key in GROUPS and value:
         assert all(v in _group_options(key) for v in re.split("[,|]", value)), f"{token}: no such option"
     else:
         assert key in SCHEMA or _library_node(key), f"{token}: {key} is not a key of any option"
