@@ -370,3 +370,104 @@ def contact_sheet(runs: dict[str, dict], baseline: str, frames: int = 4, vmax: f
     fig.suptitle(f"generated mouths, baseline * first; |Δ| against it (scale 0–{top:.0f} grey levels)",
                  fontsize="small")
     return fig
+
+
+def _stage_colour(stage: str):
+    """One colour per stage key, the same in every trace figure (trace_plot's); GPU work in fixed greys/oranges."""
+    fixed = {"kernel": "0.35", "gpu_memcpy": "tab:orange", "gpu_memset": "tab:brown", "other": "0.7"}
+    if stage in fixed:
+        return fixed[stage]
+    order = [key for key, _, _ in STAGES]
+    return plt.get_cmap("tab20")(order.index(stage) % 20) if stage in order else "0.5"
+
+
+def stage_timeline_plot(timeline: pd.DataFrame, title: str = ""):
+    """traces.stage_timeline: one lane per thread (or GPU stream), each stage range a bar — top-level stages full
+    height, sub-stages (diffusion's) a thinner bar inside; bars of different batches side by side on different
+    lanes are the pipelined executor's overlap."""
+    lanes = list(dict.fromkeys(timeline.sort_values("start_ms")["lane"]))
+    fig, ax = plt.subplots(figsize=(13, 0.55 * max(len(lanes), 2) + 1.8))
+    seen = set()
+    for r in timeline.itertuples():
+        y = lanes.index(r.lane)
+        inner = isinstance(r.parent, str)
+        height = 0.4 if inner else 0.8
+        label = None if r.label in seen else r.label
+        seen.add(r.label)
+        ax.broken_barh([(r.start_ms, r.dur_ms)], (y - height / 2, height), facecolors=_stage_colour(r.stage),
+                       edgecolor="white", linewidth=0.3, label=label)
+    ax.set_yticks(range(len(lanes)), lanes)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms since the first recorded event")
+    ax.set_title(title or "stage ranges per thread")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=4, fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def stage_operators_plot(table: pd.DataFrame, cols: int = 3):
+    """traces.stage_operators: one panel per stage, its top operators by self time (ms, all recorded batches)."""
+    stages = list(dict.fromkeys(table["stage"]))
+    rows = max(1, -(-len(stages) // cols))
+    per = max(table.groupby("stage").size().max() if len(table) else 1, 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, rows * (0.3 * per + 1.2)), squeeze=False)
+    for ax, stage in zip(axes.flat, stages):
+        mine = table[table["stage"] == stage]
+        ax.barh(mine["name"], mine["self_ms"], color=_stage_colour(stage))
+        ax.invert_yaxis()
+        ax.set_title(mine["label"].iloc[0], fontsize="medium")
+        ax.tick_params(axis="y", labelsize="x-small")
+        ax.set_xlabel("self ms", fontsize="small")
+    for ax in list(axes.flat)[len(stages):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def trace_diff_plot(stages: pd.DataFrame, operators: pd.DataFrame, before: str = "baseline",
+                    after: str = "variant"):
+    """traces.stage_diff (each stage's ms before and after, left) and traces.operator_diff (the operators whose
+    self time changed most: after − before, right; red slower, green faster)."""
+    height = 0.3 * max(len(stages), len(operators), 6) + 1.5
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, height))
+    y = np.arange(len(stages))
+    left.barh(y - 0.2, stages["ms_before"], height=0.4, label=before, color="0.6")
+    left.barh(y + 0.2, stages["ms_after"], height=0.4, label=after, color="C0")
+    left.set_yticks(y, [("  " if isinstance(p, str) else "") + lab for lab, p in zip(stages["label"],
+                                                                                     stages["parent"])])
+    left.invert_yaxis()
+    left.set_xlabel("ms (all recorded batches)")
+    left.legend(fontsize="small")
+    colours = np.where(operators["delta_ms"] > 0, "tab:red", "tab:green")
+    right.barh(operators["name"], operators["delta_ms"], color=colours)
+    right.axvline(0, color="black", lw=0.8)
+    right.invert_yaxis()
+    right.tick_params(axis="y", labelsize="small")
+    right.set_xlabel(f"self ms, {after} − {before}")
+    fig.tight_layout()
+    return fig
+
+
+def cuda_review_plot(cuda: dict):
+    """traces.cuda_analyses (HolisticTraceAnalysis): GPU time by kernel type (compute, copies, their overlap), the
+    top kernels' summed time, idle time per stream by cause, and the launch delays."""
+    fig, axes = plt.subplots(2, 2, figsize=(14, 8))
+    types, kernels, idle, launch = cuda["kernel_types"], cuda["kernels"], cuda["idle"], cuda["launch"]
+    axes[0, 0].barh(types["kernel_type"], types["sum"] / 1000.0, color="C1")
+    axes[0, 0].invert_yaxis()
+    axes[0, 0].set_xlabel("ms on the GPU")
+    axes[0, 0].set_title("by kernel type")
+    axes[0, 1].barh(kernels["name"].str.slice(0, 50), kernels["sum (us)"] / 1000.0, color="0.35")
+    axes[0, 1].invert_yaxis()
+    axes[0, 1].tick_params(axis="y", labelsize="x-small")
+    axes[0, 1].set_xlabel("ms")
+    axes[0, 1].set_title("top kernels")
+    pivot = idle.pivot_table(index="stream", columns="idle_category", values="idle_time", aggfunc="sum") / 1000.0
+    pivot.plot.barh(stacked=True, ax=axes[1, 0])
+    axes[1, 0].set_xlabel("idle ms")
+    axes[1, 0].set_title("GPU idle time per stream")
+    axes[1, 1].hist(launch["launch_delay"], bins=30, color="C2")
+    axes[1, 1].set_xlabel("launch delay, µs (kernel start − runtime call end)")
+    axes[1, 1].set_title("kernel launches")
+    fig.tight_layout()
+    return fig
