@@ -18,7 +18,10 @@ import torch
 
 from lipsync_lab.compare import compare, format_table
 from lipsync_lab.config import run_config
+from lipsync_lab.plots import save_figure, stage_operators_plot, stage_timeline_plot, trace_diff_plot
 from lipsync_lab.profiling import CHROME_TRACE, TRACE_DIR, StreamProfiler
+from lipsync_lab.traces import (events_frame, gpu_trace, load_trace, operator_diff, stage_diff, stage_operators,
+                                stage_timeline)
 from lipsync_lab.timing import LABELS, STAGES, STEP_RANGE
 
 # 4 batches: batch 0 is the run's warm-up (never profiled), 1 the profiler's warm-up, 2 and 3 recorded
@@ -72,6 +75,47 @@ def test_a_profiled_run_reports_achieved_compute(profiled_run):
     assert "tflops" not in summary["stages"]["face"]  # no model, no FLOPs counted
     table = format_table(compare(run_dir))
     assert "denoise TFLOP/s" in table and "decode TFLOP/s" in table
+
+
+def test_the_offline_review_reads_a_profiled_runs_trace_and_writes_its_figures(profiled_run, tmp_path):
+    run_dir, _ = profiled_run
+    events = events_frame(load_trace(run_dir))
+    assert not gpu_trace(events)  # a CPU run: the CUDA analyses do not apply
+    timeline = stage_timeline(events)
+    # both recorded batches' top-level stages (read: one range per frame), sub-stages inside diffusion
+    per_stage = timeline.groupby("stage").size()
+    assert per_stage[["face", "audio", "diffusion", "restore", "write", "denoise", "decode"]].eq(2).all()
+    assert (timeline["start_ms"] >= 0).all() and (timeline["end_ms"] >= timeline["start_ms"]).all()
+    denoise = timeline[timeline["stage"] == "denoise"].iloc[0]
+    diffusion = timeline[(timeline["stage"] == "diffusion") & (timeline["start_ms"] <= denoise["start_ms"])].iloc[-1]
+    assert diffusion["start_ms"] <= denoise["start_ms"] and denoise["end_ms"] <= diffusion["end_ms"]
+    ops = stage_operators(events, n=3)
+    # face: dlib and cv2 run outside torch (no operators in its range)
+    assert {"audio", "denoise", "decode"} <= set(ops["stage"]) and (ops["self_ms"] > 0).all()
+    assert ops.groupby("stage").size().max() <= 3
+    # the UNet's convolutions run in denoise, the VAE decoder's in decode: each stage has its own operators
+    assert ops.loc[ops["stage"] == "denoise", "name"].str.startswith("aten::").all()
+    stages, operators = stage_diff(events, events), operator_diff(events, events)
+    assert (stages["delta_ms"] == 0).all() and (operators["delta_ms"] == 0).all() and len(operators) == 20
+    for name, fig in (("stage_timeline", stage_timeline_plot(timeline)), ("stage_operators", stage_operators_plot(ops)),
+                      ("trace_diff", trace_diff_plot(stages, operators))):
+        assert save_figure(fig, tmp_path, name).stat().st_size > 1000
+
+
+def test_the_pipelined_executors_timeline_shows_its_stage_threads(tmp_path):
+    run_config([*PROFILED, "executor=pipelined"], tmp_path)
+    timeline = stage_timeline(load_trace(tmp_path))
+    threads = timeline.groupby("stage")["lane"].agg(set)
+    # each stage on its own thread. The profiler steps when a batch is written, so the recorded window holds the
+    # writes of batches 2–3 and, on the worker threads, whatever ran meanwhile: diffusion (the slowest stage) and
+    # restore of the batches in flight; face and audio, faster, ran ahead of the window and are not in it
+    assert len(set.union(*threads[["diffusion", "restore", "write"]])) == 3, threads
+    assert threads["denoise"] == threads["diffusion"]  # a sub-stage runs in its parent's thread
+    # overlap: some stage range starts before another thread's range of the earlier batch has ended
+    starts = timeline.sort_values("start_ms")
+    top = starts[starts["parent"].isna()]
+    assert any((top["start_ms"].iloc[i + 1] < top["end_ms"].iloc[: i + 1].max()) and
+               top["lane"].iloc[i + 1] != top["lane"].iloc[i] for i in range(len(top) - 1))
 
 
 def free_port() -> int:
