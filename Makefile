@@ -38,11 +38,14 @@ lab: install  # JupyterLab (+ TensorBoard's profiler plugin) on this machine onl
 		"with its token below); kernel '$(KERNEL)' = $(PY). From another machine: ssh -L $(LAB_PORT):127.0.0.1:$(LAB_PORT)"
 	$(VENV)/bin/jupyter lab notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT)
 
-board: install  # TensorBoard's PyTorch Profiler tab over results/: every profile=true run (its trace/ folder)
+board: install  # TensorBoard's PyTorch Profiler tab over results/ (online only: Google Charts); offline: notebook 05
 	$(PY) -c "import tensorboard, torch_tb_profiler" 2>/dev/null || $(PY) -m pip install -q -e ".[profiling]"
 	mkdir -p results
 	@echo "TensorBoard: http://127.0.0.1:$(BOARD_PORT)/#pytorch_profiler (runs: results/**/trace)." \
 		"From another machine: ssh -L $(BOARD_PORT):127.0.0.1:$(BOARD_PORT)"
+	@echo "Needs the internet: the profiler tab loads Google Charts (https://www.gstatic.com/charts/loader.js) and" \
+		"stays blank offline. Offline, the route is notebooks/05_profiler_review.ipynb (timeline, operators, CUDA" \
+		"kernels and idle time, trace diff; README: Profiling)."
 	$(VENV)/bin/tensorboard --logdir results --host 127.0.0.1 --port $(BOARD_PORT)
 
 gpu-bundle: install  # .whl/ + .cache/landmarks for scripts/gpu_bench.sh on a bare, offline GPU server (README)

@@ -21,7 +21,9 @@ Where the files land, inside the run folder:
                                       pytorch.org/memory_viz
 Each stage of a batch is a range named by its printed label ("Facial preprocessing", "Diffusion inference",
 "Denoising process", one "Denoising step" per step …: BatchTimer.stage), so a trace reads like the summary table;
-lipsync_lab/traces.py reads a trace back (top operators, each stage's share).
+lipsync_lab/traces.py reads a trace back offline (top operators, stage shares, the stage timeline per thread, operators
+per stage, a diff of two traces, on CUDA HolisticTraceAnalysis's kernel and idle-time breakdowns): TensorBoard's
+profiler tab needs the internet (it loads Google Charts), and so does Perfetto's UI.
 
 Threads: a profiler normally records the ops of the thread that started it (and of threads torch hands its state
 to, such as autograd's). The pipelined executor runs stages in worker threads that exist before the schedule turns
