@@ -386,7 +386,7 @@ def stage_timeline_plot(timeline: pd.DataFrame, title: str = ""):
     height, sub-stages (diffusion's) a thinner bar inside; bars of different batches side by side on different
     lanes are the pipelined executor's overlap."""
     lanes = list(dict.fromkeys(timeline.sort_values("start_ms")["lane"]))
-    fig, ax = plt.subplots(figsize=(13, 0.55 * max(len(lanes), 2) + 1.8))
+    fig, ax = plt.subplots(figsize=(13, 0.55 * max(len(lanes), 4) + 1.4))
     seen = set()
     for r in timeline.itertuples():
         y = lanes.index(r.lane)
@@ -400,7 +400,8 @@ def stage_timeline_plot(timeline: pd.DataFrame, title: str = ""):
     ax.invert_yaxis()
     ax.set_xlabel("ms since the first recorded event")
     ax.set_title(title or "stage ranges per thread")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=4, fontsize="small")
+    # beside the lanes: below them it would cover the axis label of a figure with one or two lanes
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), ncol=2 if len(seen) > 6 else 1, fontsize="small")
     fig.tight_layout()
     return fig
 
