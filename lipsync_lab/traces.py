@@ -286,7 +286,11 @@ def cuda_analyses(trace: str | os.PathLike, top: int = 10) -> dict[str, pd.DataF
     if not gpu_trace(load_trace(path)):
         raise LipsyncInputError(path, "no GPU kernels in this trace: the CUDA analyses need a run with device=cuda "
                                       "(a CPU trace has its timeline, operators and diff)")
-    from hta.trace_analysis import TraceAnalysis  # the `profiling`/`dev` extra; imported only for a CUDA trace
+    try:  # the `profiling` (and `dev`) extra; imported only for a CUDA trace
+        from hta.trace_analysis import TraceAnalysis
+    except ImportError as e:
+        raise ImportError("the CUDA analyses need HolisticTraceAnalysis: pip install holistictraceanalysis "
+                          "(or the project's profiling extra: pip install -e \".[profiling]\")") from e
 
     # HTA reads a folder of per-rank files and takes each file's rank from its `distributedInfo`; a single-process
     # run's trace has none, so the rank is given (0) with the file, and nothing is copied or rewritten.
