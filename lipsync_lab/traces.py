@@ -258,7 +258,7 @@ def operator_diff(baseline: list[dict] | pd.DataFrame, variant: list[dict] | pd.
 
 
 def _delta(table: pd.DataFrame, value: str, keys: list[str]) -> pd.DataFrame:
-    for col in (f"calls_before", f"calls_after", f"{value}_before", f"{value}_after"):
+    for col in ("calls_before", "calls_after", f"{value}_before", f"{value}_after"):
         table[col] = table[col].fillna(0)
     table[["calls_before", "calls_after"]] = table[["calls_before", "calls_after"]].astype(int)
     table["delta_ms"] = table[f"{value}_after"] - table[f"{value}_before"]
