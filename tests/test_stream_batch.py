@@ -47,7 +47,9 @@ def plain_and_streamed(overrides: list[str]):
     ["steps=3", "compile.static_shapes=true"],                       # every call padded: one shape
     ["steps=4", "scheduler=ddim", "guidance_scale=1.0"],              # no CFG: one branch per clip
     ["steps=3", "scheduler.scheduler.solver_order=2"],                # a multistep solver: history per clip
-], ids=["dpmpp-3", "static-shapes", "ddim-4-no-cfg", "dpmpp-order-2"])
+    ["steps=3", "guidance=residual_once"],                            # 2 branches at a clip's first step, 1 after:
+                                                                      # clips at other steps ask for other counts
+], ids=["dpmpp-3", "static-shapes", "ddim-4-no-cfg", "dpmpp-order-2", "residual-once"])
 def test_stream_batch_output_equals_the_plain_loop(overrides):
     out = plain_and_streamed(overrides)
     (plain, _), (streamed, evals) = out[False], out[True]

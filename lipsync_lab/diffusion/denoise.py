@@ -23,7 +23,7 @@ import torch
 
 from lipsync_lab.diffusion.cache import NoCache
 from lipsync_lab.diffusion.guidance import CFG
-from lipsync_lab.diffusion.steps import Step
+from lipsync_lab.diffusion.steps import Step, unet_input
 from lipsync_lab.diffusion.unet import LatentSyncUNet
 from lipsync_lab.diffusion.vae import LatentVAE
 from lipsync_lab.errors import LipsyncInputError
@@ -235,9 +235,9 @@ class LipsyncDiffusion:
     def _shared_step(self, clips: list["_Clip"]) -> None:
         """One step of every clip in flight, in as few UNet calls as their shapes allow: clips of one frame count
         and frame mask share a call (a short or partly-faced clip, run unpadded or with its own mask, gets a call
-        of its own). Each clip's guidance says which branches it needs (recorded on a copy of it, so its state is
-        untouched), the branches of all clips run as the clips of one call — each with its own timestep — and each
-        clip's guidance then combines its own. Under static shapes every call is padded to the steady number of
+        of its own). Each clip's guidance says how many branches this step evaluates (`copies`: the trailing ones
+        of its embeddings, steps.py's order), the branches of all clips run as the clips of one call — each with
+        its own timestep — and each clip's guidance then combines its own. Under static shapes every call is padded to the steady number of
         branches (repeating the last), so one compiled graph serves the fill, the steady state and the flush."""
         groups: dict[tuple, list[_Clip]] = {}
         for clip in clips:
@@ -246,10 +246,10 @@ class LipsyncDiffusion:
         unet = self.cache.call(self.unet, "full")
         for group in groups.values():
             steps = [self._inputs(c) for c in group]
-            asks = [_ask(c.guidance, s) for c, s in zip(group, steps)]
-            samples = torch.cat([a[0] for a in asks])
-            contexts = torch.cat([a[2] for a in asks])
-            timesteps = torch.cat([a[1].reshape(1).expand(len(a[0])) for a in asks])
+            branches = [c.guidance.copies(self.steps)[s.index] for c, s in zip(group, steps)]
+            samples = torch.cat([unet_input(s.latents, s.cond, k) for s, k in zip(steps, branches)])
+            contexts = torch.cat([s.context[-k:] for s, k in zip(steps, branches)])
+            timesteps = torch.cat([s.timestep.reshape(1).expand(k) for s, k in zip(steps, branches)])
             used = len(samples)
             if self.static_shapes and used < self._steady_branches:
                 pad = self._steady_branches - used
@@ -258,10 +258,9 @@ class LipsyncDiffusion:
                 timesteps = torch.cat([timesteps, timesteps[-1:].expand(pad)])
             eps = self._counted(unet, group[0].calls, "full")(samples, timesteps, contexts, group[0].real)
             start = 0
-            for clip, step, (sample, _, _) in zip(group, steps, asks):
-                mine = eps[start:start + len(sample)]
-                start += len(sample)
-                self._after(clip, step, clip.guidance.predict(_Answer(mine), step))
+            for clip, step, k in zip(group, steps, branches):
+                self._after(clip, step, clip.guidance.predict(_Answer(eps[start:start + k]), step))
+                start += k
 
     def warm_up(self) -> float:
         """One synthetic full batch before the stream (under Stream Batch: a full pipeline of clips, entered and
@@ -307,35 +306,17 @@ class _Clip:
     timer: BatchTimer | None = None
 
 
-class _Record:
-    """A UNet stand-in that records the one call a guidance variant makes for a step (and answers zeros)."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, sample, timestep, context, real=None):
-        self.calls.append((sample, timestep, context))
-        return torch.zeros(*sample.shape[:2], 4, *sample.shape[3:], dtype=sample.dtype, device=sample.device)
-
-
-def _ask(guidance, step: Step) -> tuple:
-    """(sample, timestep, context) of the UNet call `guidance` makes for `step` — asked of a copy, so the variant's
-    own state is untouched. Stream Batch needs exactly one call per step (every variant here makes one)."""
-    record = _Record()
-    copy.deepcopy(guidance).predict(record, step)
-    if len(record.calls) != 1:
-        raise ValueError(f"{type(guidance).__name__} makes {len(record.calls)} UNet calls per step: Stream Batch "
-                         f"shares one call between clips and needs exactly one")
-    return record.calls[0]
-
-
 class _Answer:
-    """A UNet stand-in answering a guidance variant's call with the eps the shared call computed for it."""
+    """A UNet stand-in answering a guidance variant's one call of a step with the eps the shared call computed for
+    it: a variant that asks for other branches than its `copies` said, or calls twice, is an error, not a silent
+    wrong answer."""
 
     def __init__(self, eps: torch.Tensor):
-        self.eps = eps
+        self.eps, self.answered = eps, False
 
     def __call__(self, sample, timestep, context, real=None):
-        if sample.shape[0] != self.eps.shape[0]:
-            raise RuntimeError(f"the guidance asked for {sample.shape[0]} branches, {self.eps.shape[0]} computed")
+        if self.answered or sample.shape[0] != self.eps.shape[0]:
+            raise RuntimeError(f"the guidance asked for {sample.shape[0]} branches (call {1 + self.answered}); "
+                               f"Stream Batch computed {self.eps.shape[0]} in one shared call, as its copies() said")
+        self.answered = True
         return self.eps
