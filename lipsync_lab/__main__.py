@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lipsync_lab.config import HYDRA_CONFIG_PATH
-from lipsync_lab.errors import LipsyncInputError
+from lipsync_lab.errors import LipsyncInputError, one_line
 from lipsync_lab.stopping import HardStop
 
 log = logging.getLogger("lipsync_lab")
@@ -80,10 +80,6 @@ def _hydra_error(error: BaseException) -> bool:
     return isinstance(error, (HydraException, OmegaConfBaseException))
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())[:400] or type(error).__name__
-
-
 def cli(argv: list[str] | None = None) -> None:
     from hydra._internal.utils import get_args_parser
 
@@ -119,7 +115,7 @@ def cli(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except Exception as e:
         if ours and _hydra_error(e):
-            print(f"error: {_one_line(e)}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             sys.exit(2)
         raise
     problems = sweep.unfinished_jobs()

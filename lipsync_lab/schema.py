@@ -28,7 +28,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from lipsync_lab.errors import LipsyncInputError
+from lipsync_lab.errors import LipsyncInputError, one_line
 from lipsync_lab.paths import CONF_DIR
 
 
@@ -499,8 +499,7 @@ def _compose(overrides: list[str]):
 
 def _composition_error(error: Exception, overrides: list[str]) -> LipsyncInputError:
     """Hydra's own message for what the checks above did not name, as one line."""
-    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    return LipsyncInputError(" ".join(overrides) or "config", text[:300])
+    return LipsyncInputError(" ".join(overrides) or "config", one_line(error, 300))
 
 
 def _check_keys(parsed, choices: dict[str, str], base) -> None:

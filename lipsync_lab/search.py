@@ -259,11 +259,6 @@ def consecutive(numbers: list[int]) -> list[list[int]]:
     return runs
 
 
-def one_line(error: BaseException | str) -> str:
-    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    return (text or type(error).__name__)[:300]
-
-
 # -- objectives ---------------------------------------------------------------------------------------------------
 
 

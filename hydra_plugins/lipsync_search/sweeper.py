@@ -135,6 +135,7 @@ class LipsyncSearchSweeper(Sweeper):
         from optuna.trial import TrialState
 
         from lipsync_lab import search
+        from lipsync_lab.errors import one_line
 
         search.stamp(study, base, space)
         stale = search.fail_stale(study)
@@ -161,7 +162,7 @@ class LipsyncSearchSweeper(Sweeper):
             try:
                 refused = self._refused(jobs)
             except Exception as e:  # a sampled point that does not compose: the space is wrong, not the trial
-                self._fail(study, trials, told, sweep_dir, f"cannot compose: {search.one_line(e)}")
+                self._fail(study, trials, told, sweep_dir, f"cannot compose: {one_line(e)}")
                 raise
             for number, why in refused.items():  # settings the run would refuse together: failed without a run
                 trial = next(t for t in trials if t.number == number)
@@ -179,7 +180,7 @@ class LipsyncSearchSweeper(Sweeper):
                         self._tell(study, trial, result, reference)
                         told.add(number)
             except BaseException as e:  # a signal stopped a job (or the launcher failed): the rest are failed
-                self._fail(study, trials, told, sweep_dir, f"stopped: {search.one_line(e)}")
+                self._fail(study, trials, told, sweep_dir, f"stopped: {one_line(e)}")
                 raise
             search.write_tables(study, sweep_dir)
 
@@ -224,12 +225,13 @@ class LipsyncSearchSweeper(Sweeper):
         from optuna.trial import TrialState
 
         from lipsync_lab import search
+        from lipsync_lab.errors import one_line
 
         run_dir = LipsyncSearchSweeper._run_dir(result)
         trial.set_user_attr("run_dir", str(run_dir) if run_dir else "")
         values, why = search.evaluate(run_dir, reference)
         if values is None and result.status == JobStatus.FAILED and not (run_dir and run_dir.is_dir()):
-            why = search.one_line(result._return_value)  # failed before its run folder held anything
+            why = one_line(result._return_value)  # failed before its run folder held anything
         if values is None:
             trial.set_user_attr("error", why)
             study.tell(trial, state=TrialState.FAIL)
