@@ -356,15 +356,24 @@ def run_index(paths: str | os.PathLike | list) -> pd.DataFrame:
     for d in sorted(dirs, key=_natural):
         record = read_record(d)
         meta = record.get("meta", {})
-        status, error = record.get("status", "ok" if record.get("summary") else "incomplete"), record.get("error")
-        if status == "running":  # started, never ended: killed (or still running elsewhere)
-            status, error = "incomplete", "no end recorded: killed, or still running"
-        elif status == "interrupted" and not error:
-            s = record.get("summary", {})
-            error = f"{s.get('interrupted_by')} after {s.get('frames_done')} of {s.get('frames_total')} frames"
+        status, error = run_status(record)
         rows.append(dict(run_dir=d, status=status, error=error, variant=meta.get("variant"),
                          device=meta.get("device")))
     return pd.DataFrame(rows, columns=["run_dir", "status", "error", "variant", "device"])
+
+
+def run_status(record: dict) -> tuple[str, str | None]:
+    """(status, error) of a run folder's summary.json record (`read_record`): ok, interrupted, failed, or incomplete
+    (no summary: a folder Hydra made whose run never wrote one; or `running`: started, never ended)."""
+    status, error = record.get("status", "ok" if record.get("summary") else "incomplete"), record.get("error")
+    if not record:
+        error = "no summary.json"
+    elif status == "running":  # started, never ended: killed (or still running elsewhere)
+        status, error = "incomplete", "no end recorded: killed, or still running"
+    elif status == "interrupted" and not error:
+        s = record.get("summary", {})
+        error = f"{s.get('interrupted_by')} after {s.get('frames_done')} of {s.get('frames_total')} frames"
+    return status, error
 
 
 def read_record(run_dir: str | os.PathLike) -> dict:

@@ -266,15 +266,14 @@ def evaluate(run_dir: str | os.PathLike | None, reference: dict | None) -> tuple
     """(sustained fps, drift) of a trial's run folder against the reference's crops (compare.load_crops), or None
     and why not."""
     from lipsync_lab.compare import drift, load_crops
-    from lipsync_lab.results import read_record
+    from lipsync_lab.results import read_record, run_status
 
     if run_dir is None:
         return None, "no run folder"
     record = read_record(run_dir)
-    status = record.get("status", "ok" if record.get("summary") else "incomplete")
+    status, error = run_status(record)
     if status != "ok":
-        status = "incomplete" if status == "running" else status
-        return None, f"{status}: {record.get('error') or 'no summary.json'}"
+        return None, f"{status}: {error}"
     fps = ((record.get("summary") or {}).get("stream") or {}).get("sustained_fps")
     if fps is None:
         return None, "no sustained fps: the stream had one batch (lower batch_frames or raise max_frames)"
@@ -291,17 +290,15 @@ def load_reference(run_dir: str | os.PathLike) -> dict:
     """The reference run's crops (compare.load_crops); a reference that did not end `ok` or kept no crops stops the
     search with one line: there is nothing to measure drift against."""
     from lipsync_lab.compare import load_crops
-    from lipsync_lab.results import read_record
+    from lipsync_lab.results import read_record, run_status
 
     if not Path(run_dir).is_dir():
         raise SearchError(run_dir, "the study's reference run is gone: put its folder back, or start a new study "
                                    "(hydra.sweeper.study_name=…)")
-    record = read_record(run_dir)
-    status = record.get("status", "ok" if record.get("summary") else "incomplete")
+    status, error = run_status(read_record(run_dir))
     if status != "ok":
-        status = "incomplete" if status == "running" else status
-        raise SearchError(run_dir, f"the reference run (the base settings) did not end ok ({status}: "
-                                   f"{record.get('error') or 'no summary.json'}): drift needs it")
+        raise SearchError(run_dir, f"the reference run (the base settings) did not end ok ({status}: {error}): "
+                                   f"drift needs it")
     crops = load_crops(run_dir)
     if crops is None:
         raise SearchError(run_dir, "the reference run kept no crops.npz (save_crops=0?): drift needs them")
