@@ -40,8 +40,8 @@ def load_crops(run_dir: str | os.PathLike) -> dict | None:
     path = Path(run_dir) / "crops.npz"
     if not path.is_file():
         return None
-    with np.load(path) as f:
-        return {"frames": f["frames"], "crops": f["crops"], "regenerated": f["regenerated"]}
+    with np.load(path) as f:  # `originals` (the aligned input crops) only where a run kept them
+        return {k: f[k] for k in ("frames", "crops", "regenerated", "originals") if k in f}
 
 
 def drift(run: dict | None, base: dict | None) -> dict:

@@ -27,6 +27,7 @@ import torch
 from lipsync_lab.audio.features import StreamingAudioFeatures
 from lipsync_lab.face.align import FaceAligner, FaceBatch
 from lipsync_lab.media.source import SAMPLES_PER_FRAME, Batch
+from lipsync_lab.quality.faces import landmark_boxes
 from lipsync_lab.timing import DIFFUSION_SUBSTAGES, PROCESSING, BatchTimer
 
 
@@ -35,6 +36,8 @@ class BatchResult:
     frames: list[np.ndarray]        # the output frames, in order (what the sink writes)
     faces: np.ndarray | torch.Tensor | None  # (k, res, res, 3) uint8 generated face crops (drift comparisons)
     face_indices: list[int]         # the stream positions of those k frames
+    originals: np.ndarray | torch.Tensor | None = None  # (k, res, res, 3) uint8: the aligned crops they were made from
+    boxes: np.ndarray | None = None  # (k, 4) x1 y1 x2 y2: each of those faces' landmark extent (sync evaluation)
 
 
 @dataclass
@@ -163,7 +166,11 @@ class LipsyncPipeline:
                 pasted = self.restore([batch.frames[i] for i in faces.indices], work.mouths, faces.matrices)
                 for i, frame in zip(faces.indices, pasted):
                     out[i] = frame
-        work.result = BatchResult(out, work.mouths, work.positions)
+        if work.positions:  # what quality/ reads: each regenerated face's source crop and box, off the clock
+            originals, boxes = faces.crops, landmark_boxes(faces.landmarks)
+        else:
+            originals = boxes = None
+        work.result = BatchResult(out, work.mouths, work.positions, originals, boxes)
 
     def close(self) -> None:
         """After the stream (also a failed one): what the stages keep for later runs is written (landmark cache)."""

@@ -304,26 +304,39 @@ def write_failed(run_dir: str | os.PathLike, error: BaseException, meta: dict) -
 class CropRecorder:
     """Keeps the first `limit` generated face crops of a run (uint8, lossless) in `crops.npz` — `frames` (stream
     positions), `crops` (n, res, res, 3) and `regenerated` (res, res: 1 where the model paints, the mouth) — so
-    variants can be compared on their generated pixels, not on a lossy re-encode of the output video."""
+    variants can be compared on their generated pixels, not on a lossy re-encode of the output video. With
+    `originals`, also the aligned input crops they were made from (`originals`, same shape): the ground truth of a
+    clip driven by its own audio (quality/reconstruction.py)."""
 
-    def __init__(self, limit: int | None, regenerated: np.ndarray):  # regenerated: the stage's regenerated_region()
+    def __init__(self, limit: int | None, regenerated: np.ndarray, originals: bool = False):
         self.limit = int(limit or 0)
-        self.regenerated = np.asarray(regenerated, np.uint8)
+        self.regenerated = np.asarray(regenerated, np.uint8)  # the stage's regenerated_region()
+        self.keep_originals = bool(originals)
         self.frames: list[int] = []
         self.crops: list[np.ndarray] = []
+        self.originals: list[np.ndarray] = []
 
-    def add(self, frames: list[int], crops: np.ndarray | None) -> None:
+    def add(self, frames: list[int], crops: np.ndarray | None, originals: np.ndarray | None = None) -> None:
         room = self.limit - len(self.frames)
         if crops is None or room <= 0:
             return
         self.frames += list(frames[:room])
-        crops = crops[:room]
-        self.crops.append(crops.cpu().numpy() if torch.is_tensor(crops) else np.asarray(crops))
+        self.crops.append(_host(crops[:room]))
+        if self.keep_originals and originals is not None:
+            self.originals.append(_host(originals[:room]))
 
     def save(self, run_dir: str | os.PathLike) -> None:
-        if self.frames:
-            np.savez_compressed(Path(run_dir) / "crops.npz", frames=np.asarray(self.frames, np.int64),
-                                crops=np.concatenate(self.crops), regenerated=self.regenerated)
+        if not self.frames:
+            return
+        arrays = dict(frames=np.asarray(self.frames, np.int64), crops=np.concatenate(self.crops),
+                      regenerated=self.regenerated)
+        if self.keep_originals and sum(map(len, self.originals)) == len(self.frames):
+            arrays["originals"] = np.concatenate(self.originals)
+        np.savez_compressed(Path(run_dir) / "crops.npz", **arrays)
+
+
+def _host(array) -> np.ndarray:
+    return array.cpu().numpy() if torch.is_tensor(array) else np.asarray(array)
 
 
 def _expand(paths) -> list[str]:

@@ -33,6 +33,9 @@ from lipsync_lab.flops import add_achieved_compute
 from lipsync_lab.media.source import FPS
 from lipsync_lab.optimize import CompileReport
 from lipsync_lab.profiling import StreamProfiler
+from lipsync_lab.quality import QualitySettings, evaluate_run, format_quality
+from lipsync_lab.quality.faces import BoxRecorder
+from lipsync_lab.quality.reconstruction import self_driven
 from lipsync_lab.recording import ChunkedRecorder
 from lipsync_lab.results import (CropRecorder, format_memory, format_stream, format_summary, memory_summary,
                                  stream_summary, summarize, write_ended, write_run, write_running)
@@ -108,6 +111,7 @@ def _run(cfg: DictConfig, run_dir: Path, stop, state: dict) -> dict:
     build_s = time.perf_counter() - t_build
     memory.built()
     report = pipeline.diffusion.compile_report or CompileReport()
+    quality = _quality_settings(cfg, device)  # quality=syncnet: its weights are read now, not after the stream
 
     # 2. One synthetic full batch through the diffusion stage: compiles what is compiled (compile_s), pays the
     #    first-call costs of the rest; the random state is restored, so the output does not depend on it
@@ -126,12 +130,16 @@ def _run(cfg: DictConfig, run_dir: Path, stop, state: dict) -> dict:
 
     # 3. Stream: source → executor → sink, every stage of every batch timed; per batch, the observers below
     executor = build_executor(cfg)
-    crops = CropRecorder(cfg.save_crops, pipeline.diffusion.regenerated_region())
+    # the original crops beside the generated ones only where they are ground truth (self-reconstruction)
+    crops = CropRecorder(cfg.save_crops, pipeline.diffusion.regenerated_region(),
+                         originals=self_driven(OmegaConf.to_container(cfg, resolve=True)) is None)
+    boxes = BoxRecorder()
     profiler = StreamProfiler.from_config(cfg, run_dir, device)  # profile=true; a no-op otherwise
 
     def on_batch(index, result):
         profiler.step()  # one profiler step per finished batch
-        crops.add(result.face_indices, result.faces)
+        crops.add(result.face_indices, result.faces, result.originals)
+        boxes.add(result.face_indices, result.boxes)
         if index == cfg.warmup_batches - 1:
             report.warm()
 
@@ -169,7 +177,16 @@ def _run(cfg: DictConfig, run_dir: Path, stop, state: dict) -> dict:
 
     # 5. Results on disk, and the printed report
     crops.save(run_dir)
-    write_run(run_dir, dict(status=status, meta=run_metadata(cfg, device), summary=summary))
+    boxes.save(run_dir)
+    record = dict(status=status, meta=run_metadata(cfg, device), summary=summary)
+    write_run(run_dir, record)
+
+    # 6. quality=syncnet: sync scores of output.mp4 and reconstruction metrics, read back from the run folder after
+    #    the stream is written (nothing of it is in the stage timings; its cost is its own)
+    if quality is not None and streamed.batches:
+        log.info("Quality evaluation (after the stream, not timed with it)")
+        summary["quality"] = evaluate_run(run_dir, quality, record)
+        write_run(run_dir, record)
     if streamed.batches:
         print(format_summary(summary))
         print(format_stream(summary["stream"]))
@@ -180,5 +197,20 @@ def _run(cfg: DictConfig, run_dir: Path, stop, state: dict) -> dict:
     if report.graphs_after_warmup:
         print(f"Warning: {report.graphs_after_warmup} graph(s) compiled after warm-up; their cost is inside the "
               f"steady-state times")
+    if summary.get("quality"):
+        print(format_quality(summary["quality"]))
     print(f"Results: {run_dir}")
     return summary
+
+
+def _quality_settings(cfg: DictConfig, device: torch.device) -> QualitySettings | None:
+    """quality=syncnet's settings, its weights file read now (a bad file fails the run in one line before its
+    stream), or None for quality=none."""
+    if cfg.quality.name == "none":
+        return None
+    settings = QualitySettings.from_config(OmegaConf.to_container(cfg.quality, resolve=True), device)
+    if settings.syncnet:
+        from lipsync_lab.quality.syncnet import load_syncnet
+
+        settings.net = load_syncnet(settings.syncnet)
+    return settings

@@ -293,6 +293,15 @@ SCHEMA: dict[str, Spec] = {
     "vad.detector.threshold": Float(lo=0.0, hi=1.0),
     "vad.detector.neg_threshold": Float(lo=0.0, hi=1.0, null=True),
     "vad.detector.pad_ms": Int(lo=0),
+    # quality
+    "quality.name": Choice(options=("none", "syncnet")),
+    "quality.syncnet": File(what="SyncNet weights (syncnet_v2.model)", null=True),
+    "quality.s3fd": File(what="S3FD weights (sfd_face.pth)", null=True),
+    "quality.min_frames": Int(lo=6),  # one 5-frame window and a frame to spare
+    "quality.max_frames": Int(lo=6, null=True),
+    "quality.vshift": Int(lo=0, hi=100),
+    "quality.batch": Int(lo=1),
+    "quality.seed": Int(lo=0),
 }
 # nodes handed whole to a library (diffusers' keyword arguments): each key checked against its default's type
 LIBRARY_NODES = ("model.unet", "vae.arch", "scheduler.scheduler")
