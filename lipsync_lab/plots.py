@@ -277,31 +277,37 @@ def memory_bars(df: pd.DataFrame, by: str = "variant", ax=None):
 
 def speed_vs_drift(trials: pd.DataFrame, ax=None):
     """A search's trials (search.read_trials / trials_frame): sustained fps against drift (mean |Δ| grey levels
-    against the reference run), one dot per finished trial labelled by its number, the Pareto front drawn as the
-    staircase it bounds (faster and closer are better: right and down), the enqueued seed variants starred and
-    named. Failed trials have no point: the title counts them."""
+    against the reference run) — or against SyncNet's LSE-C in a sync search (objective=sync) — one dot per finished
+    trial labelled by its number, the Pareto front drawn as the staircase it bounds (faster and closer are better:
+    right and down; for LSE-C right and up), the enqueued seed variants starred and named. Failed trials have no
+    point: the title counts them."""
+    from lipsync_lab.search import second
+
+    y = second(trials)
     done = trials[trials["state"] == "COMPLETE"]
     ax = ax or plt.subplots(figsize=(8, 5))[1]
-    ax.scatter(done["fps"], done["drift"], s=28, color="C0", alpha=0.7, label="trial", zorder=2)
+    ax.scatter(done["fps"], done[y], s=28, color="C0", alpha=0.7, label="trial", zorder=2)
     for r in done.itertuples():
-        ax.annotate(str(r.number), (r.fps, r.drift), textcoords="offset points", xytext=(4, 3), fontsize="x-small",
-                    color="0.3")
+        ax.annotate(str(r.number), (r.fps, getattr(r, y)), textcoords="offset points", xytext=(4, 3),
+                    fontsize="x-small", color="0.3")
     front = done[done["pareto"].astype(bool)].sort_values("fps")
     if len(front):
-        # a point dominates everything slower and with more drift: the front's staircase bounds that region
-        ax.step(front["fps"], front["drift"], where="pre", color="C3", lw=1.2, zorder=1)
-        ax.scatter(front["fps"], front["drift"], s=220, facecolor="none", edgecolor="C3", lw=1.5,
+        # a point dominates everything slower and with more drift (less LSE-C): the front's staircase bounds
+        # that region
+        ax.step(front["fps"], front[y], where="pre", color="C3", lw=1.2, zorder=1)
+        ax.scatter(front["fps"], front[y], s=220, facecolor="none", edgecolor="C3", lw=1.5,
                    label="Pareto front", zorder=5)  # a ring drawn over the stars, so a seed on the front shows both
     seeds = done[done["seed_variant"].fillna("").astype(str) != ""]
     colours = [f"C{i}" for i in (1, 2, 4, 5, 6, 8, 9)]  # not the trials' C0 nor the front's C3
     for i, r in enumerate(seeds.itertuples()):  # named in the legend: the seed's variants often lie close together
-        ax.scatter([r.fps], [r.drift], s=150, marker="*", color=colours[i % len(colours)], edgecolor="k", lw=0.5,
-                   label=f"seed: {r.seed_variant}", zorder=4)
+        ax.scatter([r.fps], [getattr(r, y)], s=150, marker="*", color=colours[i % len(colours)], edgecolor="k",
+                   lw=0.5, label=f"seed: {r.seed_variant}", zorder=4)
     failed = int((trials["state"] == "FAIL").sum())
     ax.set_title(f"{len(done)} trials" + (f" ({failed} failed, not shown)" if failed else "")
                  + f"; {len(front)} on the Pareto front")
     ax.set_xlabel("sustained fps (higher is better)")
-    ax.set_ylabel("drift: mean |Δ| grey levels vs the reference (lower is better)")
+    ax.set_ylabel("SyncNet confidence LSE-C (higher is better)" if y == "lse_c" else
+                  "drift: mean |Δ| grey levels vs the reference (lower is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return ax

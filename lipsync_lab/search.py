@@ -16,10 +16,14 @@ Every form is also valid Hydra override syntax, so `python -m lipsync_lab`'s con
 composes every choice and both ends of every range before the first job runs.
 
 Objectives, from each trial's own run folder (so `python -m lipsync_lab.compare <reference> <trial>` re-checks a
-point): `summary.stream.sustained_fps` (maximised) and drift (minimised) = the mean |Δ| in grey levels of the
-trial's generated mouth crops (crops.npz) against one reference run of the base settings (the experiment's config
-without any searched value), run once per study (compare.drift). A trial whose run did not end `ok`, or that
-lacks either figure, is told to Optuna as failed, its reason kept.
+point): `summary.stream.sustained_fps` (maximised) and, by the sweeper's `objective`:
+  drift (minimised, the default) = the mean |Δ| in grey levels of the trial's generated mouth crops (crops.npz)
+        against one reference run of the base settings (the experiment's config without any searched value), run
+        once per study (compare.drift);
+  sync  (maximised) = SyncNet's confidence LSE-C of the trial's output (`summary.quality.syncnet.lse_c`, written by
+        quality=syncnet): what a lip-sync user cares about, but only with the official weights
+        (quality.syncnet=syncnet_v2.model) — a trial scored on random weights is failed, never told.
+A trial whose run did not end `ok`, or that lacks either figure, is told to Optuna as failed, its reason kept.
 
 The study (Optuna, SQLite: <sweep folder>/study.db by default) records its base overrides, its space and its
 reference run, so the same command resumes it (a different base or space stops with one line), and a lock file
@@ -43,8 +47,8 @@ import pandas as pd
 
 from lipsync_lab.errors import LipsyncInputError
 
-OBJECTIVES = ("fps", "drift")
-DIRECTIONS = ("maximize", "minimize")  # sustained fps up, drift down
+# the second objective (the first is sustained fps, up): its column in the tables and its direction
+OBJECTIVES = {"drift": ("drift", "minimize"), "sync": ("lse_c", "maximize")}
 GRAMMAR = ("choice(a, b, …), a comma list a, b, …, int(lo, hi), float(lo, hi), tag(log, int(lo, hi)), "
            "tag(log, float(lo, hi)) or one value")
 TRIALS_CSV, PARETO_CSV, PARETO_YAML = "trials.csv", "pareto.csv", "pareto.yaml"
@@ -262,9 +266,19 @@ def consecutive(numbers: list[int]) -> list[list[int]]:
 # -- objectives ---------------------------------------------------------------------------------------------------
 
 
-def evaluate(run_dir: str | os.PathLike | None, reference: dict | None) -> tuple[tuple[float, float] | None, str]:
-    """(sustained fps, drift) of a trial's run folder against the reference's crops (compare.load_crops), or None
-    and why not."""
+def directions(objective: str) -> list[str]:
+    return ["maximize", OBJECTIVES[objective][1]]
+
+
+def second(table: pd.DataFrame) -> str:
+    """The second objective's column of a trials table: lse_c for a sync search, else drift."""
+    return "lse_c" if "lse_c" in table.columns else "drift"
+
+
+def evaluate(run_dir: str | os.PathLike | None, reference: dict | None,
+             objective: str = "drift") -> tuple[tuple[float, float] | None, str]:
+    """(sustained fps, drift against the reference's crops (compare.load_crops) | LSE-C) of a trial's run folder,
+    or None and why not."""
     from lipsync_lab.compare import drift, load_crops
     from lipsync_lab.results import read_record, run_status
 
@@ -277,6 +291,15 @@ def evaluate(run_dir: str | os.PathLike | None, reference: dict | None) -> tuple
     fps = ((record.get("summary") or {}).get("stream") or {}).get("sustained_fps")
     if fps is None:
         return None, "no sustained fps: the stream had one batch (lower batch_frames or raise max_frames)"
+    if objective == "sync":
+        sync = (record["summary"].get("quality") or {}).get("syncnet")
+        if not sync:
+            return None, "no SyncNet scores (quality=syncnet)"
+        if sync.get("random_weights"):
+            return None, "SyncNet on random weights judges nothing (quality.syncnet=syncnet_v2.model)"
+        if sync.get("lse_c") is None:
+            return None, f"no LSE-C: {sync.get('why')}"
+        return (float(fps), float(sync["lse_c"])), ""
     crops = load_crops(run_dir)
     if crops is None:
         return None, "no crops.npz to measure drift on (save_crops=0?)"
@@ -348,14 +371,18 @@ def study_lock(storage: str, name: str, sweep_dir: str | os.PathLike):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def open_study(name: str, storage: str, sampler=None):
-    """The study `name` in `storage`, made if new (two objectives: fps maximised, drift minimised)."""
+def open_study(name: str, storage: str, sampler=None, objective: str = "drift"):
+    """The study `name` in `storage`, made if new (two objectives: fps maximised; drift minimised, or LSE-C
+    maximised)."""
     import optuna
 
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=list(DIRECTIONS),
+    want = directions(objective)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=want,
                                 load_if_exists=True)
-    if [d.name.lower() for d in study.directions] != list(DIRECTIONS):
-        raise SearchError(f"study {name}", f"is not a search of {OBJECTIVES} ({DIRECTIONS}): name another study")
+    if [d.name.lower() for d in study.directions] != want:
+        raise SearchError(f"study {name}", f"is not a search of fps and {objective} ({', '.join(want)}): name "
+                                           f"another study")
+    study.set_user_attr("objective", objective)
     return study
 
 
@@ -395,24 +422,25 @@ def finished(study) -> int:
 
 
 def trials_frame(study) -> pd.DataFrame:
-    """One row per trial that ran: number, state, fps, drift, pareto (on the Pareto front), seed_variant (the
-    enqueued point it is, else ""), overrides (what it changed from the base settings), one column per searched
-    key, run_dir, error, seconds."""
+    """One row per trial that ran: number, state, fps, drift (lse_c in a sync search), pareto (on the Pareto
+    front), seed_variant (the enqueued point it is, else ""), overrides (what it changed from the base settings),
+    one column per searched key, run_dir, error, seconds."""
     from optuna.trial import TrialState
 
+    column = OBJECTIVES[study.user_attrs.get("objective", "drift")][0]
     front = {t.number for t in study.best_trials}
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.WAITING:
             continue
         values = t.values if t.state == TrialState.COMPLETE and t.values else [math.nan, math.nan]
-        rows.append(dict(number=t.number, state=t.state.name, fps=values[0], drift=values[1],
+        rows.append(dict(number=t.number, state=t.state.name, fps=values[0], **{column: values[1]},
                          pareto=t.number in front, seed_variant=t.user_attrs.get("seed_variant", ""),
                          overrides=" ".join(t.user_attrs.get("overrides", [])),
                          **{k: render(v) for k, v in t.params.items()},
                          run_dir=t.user_attrs.get("run_dir", ""), error=t.user_attrs.get("error", ""),
                          seconds=t.duration.total_seconds() if t.duration else math.nan))
-    head = ["number", "state", "fps", "drift", "pareto", "seed_variant", "overrides"]
+    head = ["number", "state", "fps", column, "pareto", "seed_variant", "overrides"]
     table = pd.DataFrame(rows)
     if table.empty:
         return pd.DataFrame(columns=[*head, "run_dir", "error", "seconds"])
@@ -422,12 +450,13 @@ def trials_frame(study) -> pd.DataFrame:
 
 def pareto_frame(trials: pd.DataFrame) -> pd.DataFrame:
     """The Pareto front's rows of `trials_frame`, fastest first."""
-    return trials[trials["pareto"].astype(bool)].sort_values(["fps", "drift"], ascending=[False, True])
+    column = second(trials)
+    return trials[trials["pareto"].astype(bool)].sort_values(["fps", column], ascending=[False, column == "drift"])
 
 
 def write_tables(study, folder: str | os.PathLike) -> pd.DataFrame:
     """trials.csv (every trial that ran), pareto.csv and pareto.yaml (the Pareto front: trial, overrides, fps,
-    drift, run folder) in `folder`; returns the trials."""
+    drift or lse_c, run folder) in `folder`; returns the trials."""
     import yaml
 
     folder = Path(folder)
@@ -436,8 +465,9 @@ def write_tables(study, folder: str | os.PathLike) -> pd.DataFrame:
     trials.to_csv(folder / TRIALS_CSV, index=False)
     front = pareto_frame(trials)
     front.to_csv(folder / PARETO_CSV, index=False)
+    column = second(trials)
     rows = [dict(trial=int(r.number), overrides=r.overrides, seed_variant=r.seed_variant, fps=float(r.fps),
-                 drift=float(r.drift), run_dir=r.run_dir) for r in front.itertuples()]
+                 **{column: float(getattr(r, column))}, run_dir=r.run_dir) for r in front.itertuples()]
     (folder / PARETO_YAML).write_text(yaml.safe_dump(rows, sort_keys=False, allow_unicode=True))
     return trials
 
@@ -457,14 +487,18 @@ def read_trials(folder: str | os.PathLike) -> pd.DataFrame:
 def format_front(trials: pd.DataFrame) -> str:
     """The Pareto front as a Markdown table (what the sweep prints at its end)."""
     front = pareto_frame(trials)
-    lines = ["| trial | fps | drift | overrides | run |", "|---|---|---|---|---|"]
+    column = second(trials)
+    lines = [f"| trial | fps | {column} | overrides | run |", "|---|---|---|---|---|"]
     for r in front.itertuples():
         what = r.overrides or "(the base settings)"
         if r.seed_variant:
             what += f" [seed: {r.seed_variant}]"
-        lines.append(f"| {r.number} | {r.fps:.2f} | {r.drift:.3f} | {what} | {os.path.basename(r.run_dir)} |")
+        lines.append(f"| {r.number} | {r.fps:.2f} | {getattr(r, column):.3f} | {what} | "
+                     f"{os.path.basename(r.run_dir)} |")
     failed = trials[trials["state"] == "FAIL"]
     tail = f"; {len(failed)} failed: " + ", ".join(f"{r.number} ({r.error})" for r in failed.itertuples()) \
         if len(failed) else ""
-    return "\n".join(lines) + f"\n\nPareto front of {len(trials)} trials (fps: sustained, up; drift: mean |Δ| " \
-                              f"grey levels against the reference, down){tail}"
+    meaning = "SyncNet confidence LSE-C of the output, up" if column == "lse_c" else \
+        "mean |Δ| grey levels against the reference, down"
+    return "\n".join(lines) + f"\n\nPareto front of {len(trials)} trials (fps: sustained, up; {column}: " \
+                              f"{meaning}){tail}"

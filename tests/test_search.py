@@ -13,6 +13,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import torch
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
@@ -344,3 +345,44 @@ def test_one_search_at_a_time_per_study(tmp_path):
             pass
     with search.study_lock(storage, "s", tmp_path):  # released when the search ended
         pass
+
+
+def test_a_sync_search_scores_each_trial_by_its_outputs_lse_c(tmp_path):
+    """objective=sync: each trial is told its output's SyncNet LSE-C (here from a weights file of random values: the
+    search cannot tell, and the path is what is tested); no reference run; a search without the weights file, or
+    without an output video, stops in one line before anything runs."""
+    from lipsync_lab.quality.syncnet import random_syncnet
+
+    weights = tmp_path / "syncnet_v2.model"
+    torch.save(random_syncnet(3).state_dict(), weights)
+    sync = ["hydra.sweeper.objective=sync", "quality=syncnet", "quality.min_frames=6", "sink=mp4"]
+    sweep = tmp_path / "sweep"
+    r = cli(*SMALL, *sync, f"quality.syncnet={weights}", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (sweep / "reference").exists()
+    trials = search.read_trials(sweep)
+    assert "lse_c" in trials.columns and "drift" not in trials.columns and set(trials["state"]) == {"COMPLETE"}
+    for t in trials.itertuples():
+        record = json.loads((Path(t.run_dir) / "summary.json").read_text())
+        assert record["summary"]["quality"]["syncnet"]["lse_c"] == t.lse_c
+        assert record["summary"]["quality"]["syncnet"]["random_weights"] is False
+    assert "| trial | fps | lse_c |" in r.stdout
+
+    for args, why in ((sync, "needs quality=syncnet quality.syncnet=syncnet_v2.model"),
+                      ([*sync[:-1], f"quality.syncnet={weights}", "sink=none"], "needs an output video")):
+        r = cli(*SMALL, *args, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'refused'}")
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert r.stderr.strip().splitlines()[-1].startswith("error: hydra.sweeper.objective=sync") and why in r.stderr
+    assert not (tmp_path / "refused" / "study.db").exists()
+
+
+def test_a_sync_trial_on_random_weights_is_failed_not_told(tmp_path):
+    folder = _run(tmp_path / "t")
+    record = json.loads((folder / "summary.json").read_text())
+    record["summary"]["quality"] = {"syncnet": {"random_weights": True, "lse_c": 1.0}}
+    (folder / "summary.json").write_text(json.dumps(record))
+    values, why = search.evaluate(folder, None, "sync")
+    assert values is None and "random weights" in why
+    record["summary"]["quality"]["syncnet"]["random_weights"] = False
+    (folder / "summary.json").write_text(json.dumps(record))
+    assert search.evaluate(folder, None, "sync") == ((2.5, 1.0), "")

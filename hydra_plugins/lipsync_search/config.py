@@ -25,6 +25,10 @@ class LipsyncSearchConf:
                                                   "population_size": 8})
     # trials run first, each the base settings with these values, e.g. [{compile: none}, {compile: unet}]
     enqueue: List[Any] = field(default_factory=list)
+    # the second objective beside sustained fps: drift (mean |Δ| of the mouth crops against a reference run of the
+    # base settings, down) | sync (SyncNet's LSE-C of each trial's output, up: needs quality=syncnet with the
+    # official quality.syncnet=syncnet_v2.model and an output video, sink=mp4)
+    objective: str = "drift"
     # the search space, key → entry (lipsync_lab/search.py: choice(a, b), int(lo, hi), float(lo, hi),
     # tag(log, …), or one fixed value); the command line's overrides are entries too and win per key
     params: Dict[str, Any] = field(default_factory=dict)

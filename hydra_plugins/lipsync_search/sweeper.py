@@ -28,8 +28,9 @@ def _plain(node) -> Any:
 
 class LipsyncSearchSweeper(Sweeper):
     def __init__(self, study_name: str, storage: Optional[str], n_trials: int, n_jobs: int, sampler: Any,
-                 enqueue: Any, params: Any) -> None:
+                 enqueue: Any, params: Any, objective: str = "drift") -> None:
         super().__init__()
+        self.objective = str(objective)
         self.study_name, self.storage = study_name, storage
         self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
         self.sampler = sampler  # instantiated by Hydra (the node's _target_)
@@ -120,6 +121,7 @@ class LipsyncSearchSweeper(Sweeper):
         base_cfg = self._compose(base)
         keys = dict.fromkeys([*space.axes, *(k for item in self.enqueue if isinstance(item, dict) for k in item)])
         base_values = {key: self._value(base_cfg, key) for key in keys}
+        self._check_objective(base_cfg)
         seeds = search.seed_points(self.enqueue, space, base_values)
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -128,8 +130,24 @@ class LipsyncSearchSweeper(Sweeper):
 
         storage = search.storage_url(self.storage, sweep_dir)
         with search.study_lock(storage, self.study_name, sweep_dir):
-            return self._search(search.open_study(self.study_name, storage, self.sampler), space, base, base_values,
-                                seeds, sweep_dir)
+            study = search.open_study(self.study_name, storage, self.sampler, self.objective)
+            return self._search(study, space, base, base_values, seeds, sweep_dir)
+
+    def _check_objective(self, cfg: DictConfig) -> None:
+        """A sync search needs SyncNet's scores from every trial, on the official weights, of an output video: said
+        in one line before anything runs."""
+        from lipsync_lab import search
+
+        if self.objective not in search.OBJECTIVES:
+            raise search.SearchError(f"hydra.sweeper.objective={self.objective}",
+                                     f"expects one of {', '.join(search.OBJECTIVES)}")
+        if self.objective != "sync":
+            return
+        if cfg.hydra.runtime.choices.get("quality") != "syncnet" or not cfg.quality.get("syncnet"):
+            raise search.SearchError("hydra.sweeper.objective=sync", "needs quality=syncnet "
+                                     "quality.syncnet=syncnet_v2.model (random weights judge nothing)")
+        if cfg.hydra.runtime.choices.get("sink") == "none":
+            raise search.SearchError("hydra.sweeper.objective=sync", "needs an output video to score: sink=mp4")
 
     def _search(self, study, space, base: List[str], base_values: dict, seeds: list, sweep_dir: Path) -> Any:
         from optuna.trial import TrialState
@@ -146,7 +164,8 @@ class LipsyncSearchSweeper(Sweeper):
                 study.enqueue_trial(params, user_attrs=dict(seed_variant=label, extra=extra))
         log.info("Study %r: %d of %d trials done (%s)", self.study_name, search.finished(study), self.n_trials,
                  search.storage_url(self.storage, sweep_dir))
-        reference = self._reference(study, base, sweep_dir)
+        # drift is measured against a reference run; LSE-C needs none
+        reference = self._reference(study, base, sweep_dir) if self.objective == "drift" else None
 
         returns = []
         while search.finished(study) < self.n_trials:
@@ -177,7 +196,7 @@ class LipsyncSearchSweeper(Sweeper):
                     returns.append(results)
                     for number, result in zip(numbers, results):
                         trial = next(t for t in trials if t.number == number)
-                        self._tell(study, trial, result, reference)
+                        self._tell(study, trial, result, reference, self.objective)
                         told.add(number)
             except BaseException as e:  # a signal stopped a job (or the launcher failed): the rest are failed
                 self._fail(study, trials, told, sweep_dir, f"stopped: {one_line(e)}")
@@ -220,7 +239,7 @@ class LipsyncSearchSweeper(Sweeper):
         search.write_tables(study, sweep_dir)
 
     @staticmethod
-    def _tell(study, trial, result, reference) -> None:
+    def _tell(study, trial, result, reference, objective: str = "drift") -> None:
         from hydra.core.utils import JobStatus
         from optuna.trial import TrialState
 
@@ -229,7 +248,7 @@ class LipsyncSearchSweeper(Sweeper):
 
         run_dir = LipsyncSearchSweeper._run_dir(result)
         trial.set_user_attr("run_dir", str(run_dir) if run_dir else "")
-        values, why = search.evaluate(run_dir, reference)
+        values, why = search.evaluate(run_dir, reference, objective)
         if values is None and result.status == JobStatus.FAILED and not (run_dir and run_dir.is_dir()):
             why = one_line(result._return_value)  # failed before its run folder held anything
         if values is None:
@@ -238,5 +257,5 @@ class LipsyncSearchSweeper(Sweeper):
             log.warning("Trial %d failed: %s (%s)", trial.number, why, run_dir)
         else:
             study.tell(trial, list(values))
-            log.info("Trial %d: %.2f fps, drift %.3f (%s) %s", trial.number, *values,
+            log.info("Trial %d: %.2f fps, %s %.3f (%s) %s", trial.number, values[0], objective, values[1],
                      " ".join(trial.user_attrs.get("overrides") or []) or "the base settings", run_dir)
