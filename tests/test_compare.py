@@ -129,3 +129,74 @@ def test_pipes_in_headers_and_cells_are_escaped():
     assert first[0] == r"0_a\|b *" and first[head.index("total ms")] == "500.0"
     assert second[1] == r"failed: LipsyncInputError: /x\|y.mp4: bad \| worse second line"
     assert set(second[2:]) == {""}
+
+
+# -- drift over weight seeds, and the quality columns ----------------------------------------------------------------
+def _fake_run(folder, variant: str, seed: int, crops: np.ndarray, checkpoint=None, quality=None):
+    """A finished run folder with what compare reads: summary.json, timings.parquet, crops.npz."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from lipsync_lab.recording import timings_table
+
+    folder.mkdir(parents=True)
+    config = dict(seed=seed, variant=f"{variant}_seed={seed}", scheduler=variant,
+                  model=dict(checkpoint=checkpoint), diffusion=dict(_target_="lipsync_lab.diffusion.LipsyncDiffusion"),
+                  source=dict(seed=seed))
+    summary = dict(batch_total_median=1.0, fps=8.0, steady_frames=8, stages={}, quality=quality or {})
+    (folder / "summary.json").write_text(json.dumps(dict(status="ok", meta=dict(variant=config["variant"],
+                                                                              config=config, device="cpu"),
+                                                         summary=summary)))
+    rows = [dict(run_id=variant, batch=0, warmup=False, stage=k, seconds=0.5) for k in ("diffusion", "restore")]
+    pq.write_table(timings_table(rows), folder / "timings.parquet")
+    region = np.zeros(crops.shape[1:3], np.uint8)
+    region[4:, :] = 1
+    np.savez_compressed(folder / "crops.npz", frames=np.arange(len(crops)), crops=crops, regenerated=region)
+
+
+def test_drift_is_paired_by_seed_and_shown_over_five_seeds_only(tmp_path):
+    rng = np.random.default_rng(0)
+    shifts = [1, 2, 3, 4, 10]  # variant b paints the mouth brighter by this much at seed s
+    job = 0
+    for seed, shift in enumerate(shifts):
+        base = rng.integers(0, 200, (3, 8, 8, 3), dtype=np.uint8)  # each seed its own inputs and weights
+        other = base.copy()
+        other[:, 4:] += shift
+        _fake_run(tmp_path / "five" / f"{job}_a", "a", seed, base)
+        _fake_run(tmp_path / "five" / f"{job + 1}_b", "b", seed, other)
+        job += 2
+    table = compare(tmp_path / "five")
+    b = table[table["variant"].str.startswith("b")]
+    assert b["drift_mean_abs"].tolist() == shifts  # each seed against the baseline's own seed, not seed 0's
+    assert (b["drift_seeds"] == 5).all() and (b["drift_median"] == 3).all() and (b["drift_worst"] == 10).all()
+    head, *rows = assert_markdown_table(format_table(table), rows=10)
+    assert rows[1][head.index(r"mean \|Δ\|")] == "3.000 (10.000), 5 seeds"
+
+    # one seed of random weights: no figure in the table (the csv keeps it), said in the cell
+    _fake_run(tmp_path / "one" / "0_a", "a", 0, base)
+    _fake_run(tmp_path / "one" / "1_b", "b", 0, other)
+    table = compare(tmp_path / "one")
+    head, _, row = assert_markdown_table(format_table(table), rows=2)
+    assert row[head.index(r"mean \|Δ\|")] == "n/a: 1 seed of random weights (needs 5)"
+    assert table["drift_mean_abs"].tolist() == [0, 10]
+    # trained weights: one seed is a figure
+    _fake_run(tmp_path / "trained" / "0_a", "a", 0, base, checkpoint="unet.pt")
+    _fake_run(tmp_path / "trained" / "1_b", "b", 0, other, checkpoint="unet.pt")
+    head, _, row = assert_markdown_table(format_table(compare(tmp_path / "trained")), rows=2)
+    assert row[head.index(r"mean \|Δ\|")] == "10.000"
+
+
+def test_quality_columns_label_random_syncnet_weights(tmp_path):
+    crops = np.zeros((2, 8, 8, 3), np.uint8)
+    sync = dict(lse_c=2.5, lse_d=9.0, av_offset=1, random_weights=True)
+    _fake_run(tmp_path / "0_a", "a", 0, crops, quality=dict(syncnet=sync, reconstruction=dict(psnr_db=30.0,
+                                                                                            ssim=0.9, mean_abs=2.0)))
+    _fake_run(tmp_path / "1_b", "b", 0, crops, quality=dict(syncnet={**sync, "random_weights": False}))
+    table = compare(tmp_path)
+    md = format_table(table)
+    head, a, b = assert_markdown_table(md, rows=2)
+    assert a[head.index("LSE-C")] == "2.500 (random weights)" and a[head.index("AV offset")] == "1 (random weights)"
+    assert b[head.index("LSE-C")] == "2.500" and b[head.index("LSE-D")] == "9.000"
+    assert a[head.index("recon PSNR dB")] == "30.00" and b[head.index("recon SSIM")] == "–"
+    assert "judges nothing" in md
