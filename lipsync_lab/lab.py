@@ -71,6 +71,16 @@ def run_sweep(overrides: list[str], sweep_dir: str | os.PathLike, timeout: float
     return sweep_dir
 
 
+def with_quality(overrides: list[str], syncnet: str | os.PathLike | None = None) -> list[str]:
+    """`overrides` plus what scores each run's output with SyncNet (quality=syncnet on an mp4 output; the official
+    weights when `syncnet` names them, else random ones that the tables label): any sink=… in them is replaced."""
+    out = [o for o in overrides if not o.startswith(("sink=", "quality="))]
+    out += ["quality=syncnet", "sink=mp4"]
+    if syncnet:
+        out.append(f"quality.syncnet={project_path(syncnet)}")
+    return out
+
+
 def variant_titles(names, sep: str = "-") -> tuple[str, dict[str, str]]:
     """What a set of variant names share (their leading `sep`-separated tokens) and, per name, the rest — what
     distinguishes it ("(the shared settings)" for the one that adds nothing): short labels for tables and plots."""

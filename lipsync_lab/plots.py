@@ -313,6 +313,37 @@ def speed_vs_drift(trials: pd.DataFrame, ax=None):
     return ax
 
 
+def speed_vs_sync(table: pd.DataFrame, ax=None):
+    """A comparison table (compare.compare): each finished run's speed (stream fps where measured, else fps)
+    against SyncNet's confidence LSE-C of its output, labelled by run. Runs scored on random SyncNet weights are drawn
+    hollow and grey and the title says they judge nothing; runs without scores are counted in the title (run with
+    quality=syncnet, or `python -m lipsync_lab.quality <sweep>`)."""
+    ax = ax or plt.subplots(figsize=(8, 5))[1]
+    done = table[table["status"] == "ok"]
+    scored = done[done["lse_c"].notna()] if "lse_c" in done else done.iloc[:0]
+    speed = "stream_fps" if "stream_fps" in scored and scored["stream_fps"].notna().all() else "fps"
+    random = scored["sync_random_weights"].fillna(False).astype(bool) if len(scored) else pd.Series(dtype=bool)
+    for flag, part in ((False, scored[~random]), (True, scored[random])):
+        if len(part):
+            ax.scatter(part[speed], part["lse_c"], s=40, facecolor="none" if flag else "C0",
+                       edgecolor="0.5" if flag else "C0", label="random SyncNet weights" if flag else "run")
+            for r in part.itertuples():
+                ax.annotate(str(r.run).split("_", 1)[0], (getattr(r, speed), r.lse_c), textcoords="offset points",
+                            xytext=(4, 3), fontsize="x-small", color="0.3")
+    missing = len(done) - len(scored)
+    title = f"{len(scored)} run(s) scored" + (f"; {missing} without SyncNet scores (quality=syncnet)" if missing else
+                                             "")
+    if random.any():
+        title += "\nRANDOM SyncNet weights: these points check the code path and judge nothing"
+    ax.set_title(title)
+    ax.set_xlabel(f"{'stream fps' if speed == 'stream_fps' else 'fps'} (higher is better)")
+    ax.set_ylabel("SyncNet confidence LSE-C (higher is better)")
+    ax.grid(alpha=0.3)
+    if len(scored):
+        ax.legend(fontsize="small")
+    return ax
+
+
 def mouth_panels(runs: dict[str, dict], baseline: str, frames: int = 4, margin: int = 8) -> dict:
     """The pictures of a contact sheet, as arrays: for up to `frames` frames every run has (spread over them), each
     run's mouth — the crops.npz crop cut to the regenerated region's box plus `margin` pixels — and, for each run but

@@ -25,7 +25,8 @@ TINY_RUN = ["sink=none", "print_batches=false", "max_frames=16", "batch_frames=4
 # per notebook: small parameters, and files it must write into its output folder (its figures first)
 SMALL = {
     "01_seed_table.ipynb": (dict(OVERRIDES=["sink=none", "print_batches=false", "max_frames=8", "batch_frames=4",
-                                            "steps=1"]), ["stage_bars.png", "tflops.png", "memory.png", "comparison.md"]),
+                                            "steps=1", "quality.min_frames=6"]),
+                            ["stage_bars.png", "tflops.png", "memory.png", "comparison.md", "speed_vs_sync.png"]),
     "02_restore_and_align.ipynb": (dict(SHORT_SIDES=[360], BATCH=2, REPEATS=1, DEVICES=["cpu"]),
                                    ["align_restore_ms_per_frame.png", "kornia_vs_cv2_difference.png", "timings.csv"]),
     "03_audio_front_ends.ipynb": (dict(SECONDS=1.28), ["audio_front_ends.png", "drift.csv"]),

@@ -218,3 +218,24 @@ def test_s3fd_faces_path_with_a_detector_that_finds_the_runs_boxes(tmp_path, mon
     monkeypatch.setattr(s3fd.S3FD, "from_file", staticmethod(lambda path, device="cpu": FindsNothing()))
     none = evaluate.evaluate_run(run_dir, evaluate.QualitySettings(min_frames=8, s3fd="sfd_face.pth"))["syncnet"]
     assert none["lse_c"] is None and none["why"] == "no face in the output"
+
+
+def test_speed_vs_sync_marks_random_weights_and_unscored_runs():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from lipsync_lab.lab import with_quality
+    from lipsync_lab.plots import speed_vs_sync
+
+    table = pd.DataFrame([dict(run="0_a", status="ok", fps=4.0, lse_c=1.5, sync_random_weights=True),
+                          dict(run="1_b", status="ok", fps=6.0, lse_c=None, sync_random_weights=None),
+                          dict(run="2_c", status="failed", fps=None, lse_c=None, sync_random_weights=None)])
+    ax = speed_vs_sync(table)
+    assert "RANDOM SyncNet weights" in ax.get_title() and "1 without SyncNet scores" in ax.get_title()
+    (points,) = ax.collections
+    assert points.get_offsets().tolist() == [[4.0, 1.5]]
+    ax = speed_vs_sync(table.assign(sync_random_weights=False))
+    assert "RANDOM" not in ax.get_title()
+    assert with_quality(["sink=none", "steps=1"], None) == ["steps=1", "quality=syncnet", "sink=mp4"]
