@@ -70,7 +70,8 @@ def quality_cells(summary: dict) -> dict:
     quality = summary.get("quality") or {}
     sync, recon = quality.get("syncnet") or {}, quality.get("reconstruction") or {}
     return dict(lse_c=sync.get("lse_c"), lse_d=sync.get("lse_d"), av_offset=sync.get("av_offset"),
-                sync_random_weights=sync.get("random_weights"), recon_psnr_db=recon.get("psnr_db"),
+                sync_random_weights=sync.get("random_weights"), recon_random_weights=recon.get("random_weights"),
+                recon_psnr_db=recon.get("psnr_db"),
                 recon_ssim=recon.get("ssim"), recon_mean_abs=recon.get("mean_abs"))
 
 
@@ -233,7 +234,8 @@ def format_table(table: pd.DataFrame) -> str:
     if quality:
         drift_note += ("; LSE-C (up) / LSE-D (down) / AV offset: SyncNet on the output (LatentSync's evaluation), "
                        "'(random weights)' = SyncNet without its official weights: checks the code path, judges "
-                       "nothing; recon = generated vs original mouth of a clip driven by its own audio")
+                       "nothing; recon = generated vs original mouth of a clip driven by its own audio, "
+                       "'(random weights)' there = a UNet without a checkpoint")
     lines.append(f"Steady-state medians per batch; * = baseline (speed-up = its time / the run's); fps = frames / "
                  f"summed stage times, stream fps = measured output rate (they differ when stages overlap: "
                  f"executor=pipelined); UNet frames = the UNet's frame-evaluations per batch (branches × frames); "
@@ -249,7 +251,7 @@ def _quality_cell(r: dict, key: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     cell = _num(value, {"av_offset": ".0f", "recon_ssim": ".4f", "recon_psnr_db": ".2f"}.get(key, ".3f"))
-    if key in ("lse_c", "lse_d", "av_offset") and r.get("sync_random_weights"):
+    if r.get("recon_random_weights" if key.startswith("recon") else "sync_random_weights"):
         cell += " (random weights)"
     return cell
 

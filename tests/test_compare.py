@@ -190,13 +190,15 @@ def test_drift_is_paired_by_seed_and_shown_over_five_seeds_only(tmp_path):
 def test_quality_columns_label_random_syncnet_weights(tmp_path):
     crops = np.zeros((2, 8, 8, 3), np.uint8)
     sync = dict(lse_c=2.5, lse_d=9.0, av_offset=1, random_weights=True)
-    _fake_run(tmp_path / "0_a", "a", 0, crops, quality=dict(syncnet=sync, reconstruction=dict(psnr_db=30.0,
-                                                                                            ssim=0.9, mean_abs=2.0)))
-    _fake_run(tmp_path / "1_b", "b", 0, crops, quality=dict(syncnet={**sync, "random_weights": False}))
+    _fake_run(tmp_path / "0_a", "a", 0, crops, quality=dict(syncnet=sync, reconstruction=dict(
+        psnr_db=30.0, ssim=0.9, mean_abs=2.0, random_weights=False)))
+    _fake_run(tmp_path / "1_b", "b", 0, crops, quality=dict(syncnet={**sync, "random_weights": False},
+                                                            reconstruction=dict(psnr_db=25.0, random_weights=True)))
     table = compare(tmp_path)
     md = format_table(table)
     head, a, b = assert_markdown_table(md, rows=2)
     assert a[head.index("LSE-C")] == "2.500 (random weights)" and a[head.index("AV offset")] == "1 (random weights)"
     assert b[head.index("LSE-C")] == "2.500" and b[head.index("LSE-D")] == "9.000"
     assert a[head.index("recon PSNR dB")] == "30.00" and b[head.index("recon SSIM")] == "–"
+    assert b[head.index("recon PSNR dB")] == "25.00 (random weights)"
     assert "judges nothing" in md

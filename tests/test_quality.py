@@ -147,6 +147,7 @@ def test_passthrough_reconstructs_its_input_exactly(tmp_path, synthetic_clip):
     recon = summary["quality"]["reconstruction"]
     assert recon["frames"] == 16 and recon["psnr_db"] == math.inf and recon["mean_abs"] == 0
     assert recon["ssim"] == pytest.approx(1.0, abs=1e-9)
+    assert recon["random_weights"] is False  # passthrough has no model: its figures are not weight-dependent
     crops = np.load(tmp_path / "crops.npz")
     assert crops["originals"].shape == crops["crops"].shape
 

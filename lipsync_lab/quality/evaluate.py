@@ -68,7 +68,11 @@ def _reconstruction(run_dir: Path, config: dict) -> dict:
     crops = load_crops(run_dir)
     if crops is None or "originals" not in crops:
         return dict(why="no crops.npz with the original crops (save_crops=0, or an older run)")
-    return reconstruction(crops["crops"], crops["originals"], crops["regenerated"])
+    from lipsync_lab.compare import random_weights
+
+    # a random-weight UNet's mouth says how far the computation moved it, not how well it reconstructs
+    return dict(reconstruction(crops["crops"], crops["originals"], crops["regenerated"]),
+                random_weights=random_weights(config))
 
 
 def _syncnet(run_dir: Path, record: dict, settings: QualitySettings) -> dict:
@@ -244,7 +248,8 @@ def format_quality(quality: dict) -> str:
     if recon.get("why"):
         lines.append(f"Reconstruction: not computed: {recon['why']}")
     elif recon:
-        lines.append(f"Reconstruction (generated vs original crop, mouth region, {recon['frames']} frames): PSNR "
+        tag = " [random UNet weights: not a quality result]" if recon.get("random_weights") else ""
+        lines.append(f"Reconstruction{tag} (generated vs original crop, mouth region, {recon['frames']} frames): PSNR "
                      f"{recon['psnr_db']:.2f} dB, SSIM {recon['ssim']:.4f}, mean |Δ| {recon['mean_abs']:.3f}")
     lines.append(f"Quality evaluation cost {quality.get('cost_s', 0):.1f} s (after the stream; not in the stage "
                  f"timings)")
