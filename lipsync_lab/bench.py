@@ -241,12 +241,13 @@ def stream_features(front_end, audio: np.ndarray, batch_frames: int = 8,
     return torch.cat(parts), 1000 * sum(seconds[steady]) / frames
 
 
-def audio_front_ends(options: Iterable[str] = AUDIO_OPTIONS,
-                     checkpoint: str | None = None) -> tuple[dict[str, object], dict[str, str]]:
+def audio_front_ends(options: Iterable[str] = AUDIO_OPTIONS, checkpoint: str | None = None,
+                     seed: int = 0) -> tuple[dict[str, object], dict[str, str]]:
     """The front end of each `audio` option (an option may carry overrides, space-separated:
     "whisper_window audio.front_end.positions=window"), built from the project's config as a run builds it, on the
-    CPU in fp32. Returns (label → front end, label → why it was skipped) — an option this install lacks (e.g.
-    faster_whisper without CTranslate2) is skipped, not fatal."""
+    CPU in fp32; without a checkpoint the encoder's random weights are those of `seed` (the run's `seed`, as
+    `WhisperFeatures.build(None, seed)`). Returns (label → front end, label → why it was skipped) — an option this
+    install lacks (e.g. faster_whisper without CTranslate2) is skipped, not fatal."""
     from lipsync_lab.build import build_audio_front_end
     from lipsync_lab.config import compose
 
@@ -254,7 +255,7 @@ def audio_front_ends(options: Iterable[str] = AUDIO_OPTIONS,
     for option in options:
         name, *overrides = option.split()
         try:
-            cfg = compose([f"audio={name}", *overrides, f"audio.checkpoint={checkpoint or 'null'}"])
+            cfg = compose([f"audio={name}", *overrides, f"audio.checkpoint={checkpoint or 'null'}", f"seed={seed}"])
             built[option] = build_audio_front_end(cfg, torch.device("cpu"), torch.float32)
         except Exception as e:  # noqa: BLE001 — any reason an option cannot be built here is reported, not raised
             skipped[option] = f"{type(e).__name__}: {e}".splitlines()[0]
@@ -274,9 +275,10 @@ def load_speech(path: str | Path | None = None, seconds: float | None = None) ->
 
 
 def audio_drift(audio: np.ndarray, front_ends: dict[str, object], checkpoint: str | None = None,
-                batch_frames: int = 8, lookahead_s: float = 0.1) -> tuple[pd.DataFrame, pd.DataFrame]:
+                batch_frames: int = 8, lookahead_s: float = 0.1, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Stream `audio` through each front end and compare with upstream's offline features (the whole clip at once,
-    30-s segments, whisper-tiny with the same weights).
+    30-s segments, whisper-tiny with the same weights: `checkpoint`, else the random weights of `seed` — the seed
+    the front ends were built with).
 
     Returns (table, cosine): table has one row per front end — ms_per_frame, rel_l2 (‖streamed − offline‖ /
     ‖offline‖ over all frames), cos_min / cos_median / cos_mean of the per-frame cosine similarity; cosine has one
@@ -284,7 +286,7 @@ def audio_drift(audio: np.ndarray, front_ends: dict[str, object], checkpoint: st
     from lipsync_lab.audio.whisper import WhisperFeatures
 
     frames = list(range(len(audio) // SAMPLES_PER_FRAME))
-    offline = offline_features(WhisperFeatures.build(checkpoint), audio, frames)
+    offline = offline_features(WhisperFeatures.build(checkpoint, seed), audio, frames)
     rows, cosines = [], {}
     for label, front_end in front_ends.items():
         feats, ms = stream_features(front_end, audio, batch_frames, lookahead_s)
@@ -295,3 +297,18 @@ def audio_drift(audio: np.ndarray, front_ends: dict[str, object], checkpoint: st
     table = pd.DataFrame(rows, columns=["front_end", "ms_per_frame", "rel_l2", "cos_min", "cos_median", "cos_mean"])
     cosine = pd.DataFrame(cosines, index=pd.Index(frames, name="frame"))
     return table, cosine
+
+
+def drift_over_seeds(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """audio_drift tables of several weight seeds (seed → table) → one row per front end (in first-seen order): the
+    median over the seeds of each column, the worst — rel_l2_worst (the largest rel_l2) and cos_min_worst (the
+    smallest cos_min) — and `seeds`, how many seeds gave the front end a row. A drift measured on random weights
+    depends on the draw: it is reported over several seeds (scripts/audio_drift.py asks for at least 5)."""
+    rows = pd.concat([t.assign(seed=s) for s, t in tables.items()], ignore_index=True)
+    by = rows.groupby("front_end", sort=False)
+    out = by[["ms_per_frame", "rel_l2", "cos_min", "cos_median", "cos_mean"]].median()
+    out["rel_l2_worst"] = by["rel_l2"].max()
+    out["cos_min_worst"] = by["cos_min"].min()
+    out["seeds"] = by["seed"].nunique()
+    return out.reset_index()[["front_end", "seeds", "ms_per_frame", "rel_l2", "rel_l2_worst", "cos_min",
+                              "cos_min_worst", "cos_median", "cos_mean"]]

@@ -5,12 +5,16 @@ is measured, never how fast."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
+import pandas as pd
 import pytest
 
+from conftest import ROOT
 from lipsync_lab import paths
 from lipsync_lab.bench import (align_restore_timings, audio_drift, audio_front_ends, default_audio, default_video,
-                               load_faces, load_speech, pixel_differences)
+                               drift_over_seeds, load_faces, load_speech, pixel_differences)
 from lipsync_lab.media.file import FileSource
 from lipsync_lab.media.source import SAMPLES_PER_FRAME
 
@@ -66,6 +70,56 @@ def test_audio_drift_streams_each_option_and_skips_what_cannot_be_built(request,
     whisper = table.set_index("front_end").loc["whisper"]
     assert whisper["cos_min"] > 0.99 and whisper["rel_l2"] < 0.05  # upstream's segments: close to offline
     assert table.set_index("front_end").loc["whisper_window", "rel_l2"] > whisper["rel_l2"]
+
+
+def test_audio_drift_compares_with_the_offline_features_of_the_same_seed(demo_audio):
+    """The front ends' random weights follow `seed`, and the offline reference is built with the same one: a
+    mismatched reference would be far off."""
+    audio = load_speech(demo_audio, seconds=0.96)
+    front_ends, _ = audio_front_ends(["whisper"], seed=1)
+    same, _ = audio_drift(audio, front_ends, seed=1)
+    front_ends, _ = audio_front_ends(["whisper"], seed=1)  # afresh: a front end keeps completed segments
+    other, _ = audio_drift(audio, front_ends, seed=0)
+    assert same["rel_l2"].iloc[0] < 0.05 and other["rel_l2"].iloc[0] > 0.3  # (the sinusoidal positions are shared)
+
+
+def test_drift_over_seeds_gives_the_median_and_the_worst():
+    def table(rel_l2, cos_min):
+        return pd.DataFrame(dict(front_end=["a", "b"], ms_per_frame=[1.0, 2.0], rel_l2=rel_l2, cos_min=cos_min,
+                                 cos_median=[1.0, 0.9], cos_mean=[1.0, 0.9]))
+
+    out = drift_over_seeds({0: table([0.1, 0.5], [0.9, 0.2]), 1: table([0.3, 0.4], [0.8, 0.6]),
+                            2: table([0.2, 0.9], [0.7, 0.5])}).set_index("front_end")
+    assert list(out.index) == ["a", "b"] and (out["seeds"] == 3).all()
+    assert out.loc["a", "rel_l2"] == pytest.approx(0.2) and out.loc["a", "rel_l2_worst"] == pytest.approx(0.3)
+    assert out.loc["b", "cos_min"] == pytest.approx(0.5) and out.loc["b", "cos_min_worst"] == pytest.approx(0.2)
+    assert out.loc["b", "ms_per_frame"] == 2.0
+
+
+def audio_drift_script():
+    spec = importlib.util.spec_from_file_location("audio_drift_script", ROOT / "scripts" / "audio_drift.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("argv", [["--seeds", "4"], ["--seeds", "1", "--seconds", "1"], ["--seeds", "0"]])
+def test_audio_drift_script_refuses_fewer_than_5_seeds_on_random_weights(argv, monkeypatch, capsys):
+    """A drift on random weights is never reported from fewer than 5 weight seeds: refused in one line, before
+    anything is built or measured."""
+    script = audio_drift_script()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("measured despite too few seeds")
+
+    monkeypatch.setattr(script, "build_front_ends", must_not_run)
+    monkeypatch.setattr(script, "audio_drift", must_not_run)
+    with pytest.raises(SystemExit) as refused:
+        script.main(argv)
+    message = str(refused.value.code)
+    assert "\n" not in message and "at least 5 weight seeds" in message and f"--seeds {argv[1]}" in message
+    assert script.check_seeds(None, None) is None and script.check_seeds(5, None) is None  # the default, 5: fine
+    assert script.check_seeds(1, "tiny.pt") is None  # a checkpoint fixes the weights: one run is fine
 
 
 def test_defaults_are_the_data_folders_files(tmp_path, monkeypatch, capsys):
