@@ -9,7 +9,9 @@ source of boxes:
     download. It is tighter than S3FD's (brows to chin, no forehead), so its crop sits a little lower on the face.
   - `s3fd`: S3FD on the output frames, as upstream does, when its file (`sfd_face.pth`) is given.
 A track here is a run of consecutive frames with a face (upstream also bridges up to 25 missed detections; the
-run's tracker reports a face on every frame it keeps one, so a gap is a real loss).
+run's tracker reports a face on every frame it keeps one, so a gap is a real loss). One face per frame: the run
+lip-syncs one, and S3FD's best-scoring detection is taken (upstream tracks every face, and drops tracks whose boxes
+average under 100 px — not applied here: the run chose its face already).
 """
 
 from __future__ import annotations
