@@ -183,7 +183,10 @@ def _run(cfg: DictConfig, run_dir: Path, stop, state: dict) -> dict:
 
     # 6. quality=syncnet: sync scores of output.mp4 and reconstruction metrics, read back from the run folder after
     #    the stream is written (nothing of it is in the stage timings; its cost is its own)
-    if quality is not None and streamed.batches:
+    if quality is not None and streamed.interrupted:  # whoever stopped the run wants it to end now
+        log.warning("Quality evaluation skipped: the run was interrupted (python -m lipsync_lab.quality %s scores "
+                    "what it wrote)", run_dir)
+    elif quality is not None and streamed.batches:
         log.info("Quality evaluation (after the stream, not timed with it)")
         summary["quality"] = evaluate_run(run_dir, quality, record)
         write_run(run_dir, record)
@@ -204,7 +207,7 @@ def _run(cfg: DictConfig, run_dir: Path, stop, state: dict) -> dict:
 
 
 def _quality_settings(cfg: DictConfig, device: torch.device) -> QualitySettings | None:
-    """quality=syncnet's settings, its weights file read now (a bad file fails the run in one line before its
+    """quality=syncnet's settings, its weights files read now (a bad file fails the run in one line before its
     stream), or None for quality=none."""
     if cfg.quality.name == "none":
         return None
@@ -213,4 +216,8 @@ def _quality_settings(cfg: DictConfig, device: torch.device) -> QualitySettings 
         from lipsync_lab.quality.syncnet import load_syncnet
 
         settings.net = load_syncnet(settings.syncnet)
+    if settings.s3fd:
+        from lipsync_lab.quality.s3fd import S3FD
+
+        settings.detector = S3FD.from_file(settings.s3fd, settings.device)
     return settings

@@ -160,9 +160,10 @@ def _truncated_syncnet(tmp_path):
     return path
 
 
-def test_a_bad_syncnet_file_is_one_line_and_exit_2(tmp_path):
+@pytest.mark.parametrize("key", ["syncnet", "s3fd"])
+def test_a_bad_weights_file_is_one_line_and_exit_2(tmp_path, key):
     bad = _truncated_syncnet(tmp_path)
-    cmd = [sys.executable, "-m", "lipsync_lab", "quality=syncnet", f"quality.syncnet={bad}", "max_frames=8",
+    cmd = [sys.executable, "-m", "lipsync_lab", "quality=syncnet", f"quality.{key}={bad}", "max_frames=8",
            "diffusion=passthrough", f"hydra.run.dir={tmp_path / 'run'}"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]

@@ -39,11 +39,12 @@ class QualitySettings:
     seed: int = 0                 # the random weights' seed
     device: str = "cpu"
     net: object = field(default=None, repr=False)  # the SyncNet, if already loaded (a run loads it before its stream)
+    detector: object = field(default=None, repr=False)  # the S3FD detector, likewise
 
     @classmethod
     def from_config(cls, node, device: str = "cpu") -> QualitySettings:
         keys = cls.__dataclass_fields__
-        return cls(**{k: node[k] for k in keys if k in node and k not in ("device", "net")}, device=str(device))
+        return cls(**{k: node[k] for k in keys if k in node and k not in ("device", "net", "detector")}, device=str(device))
 
 
 def evaluate_run(run_dir: str | Path, settings: QualitySettings, record: dict | None = None) -> dict:
@@ -180,7 +181,7 @@ def _s3fd_boxes(video: Path, settings: QualitySettings, limit: int) -> tuple[np.
     a frame whose box overlaps the previous frame's by IoU ≤ 0.5 starts a new track (upstream links by IoU > 0.5)."""
     from lipsync_lab.quality.s3fd import S3FD
 
-    detector = S3FD.from_file(settings.s3fd, settings.device)
+    detector = settings.detector if settings.detector is not None else S3FD.from_file(settings.s3fd, settings.device)
     frames, boxes, starts, previous = [], [], set(), None
     for i, rgb in _frames(video, limit):
         found = detector.detect(rgb, conf_th=0.9, scale=0.25)
