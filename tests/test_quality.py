@@ -241,3 +241,19 @@ def test_speed_vs_sync_marks_random_weights_and_unscored_runs():
     ax = speed_vs_sync(table.assign(sync_random_weights=False))
     assert "RANDOM" not in ax.get_title()
     assert with_quality(["sink=none", "steps=1"], None) == ["steps=1", "quality=syncnet", "sink=mp4"]
+
+
+def test_an_output_without_audio_says_why(tmp_path):
+    """The sync score needs the output's speech: a video without an audio track gets `why`, not a failure."""
+    from conftest import write_video
+    from lipsync_lab.quality import evaluate
+
+    run_dir = tmp_path / "run"
+    run(compose(["max_frames=16", "source.seconds=0.64", *PASSTHROUGH]), run_dir)
+    import av
+
+    with av.open(str(run_dir / "output.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    write_video(run_dir / "output.mp4", frames)  # the same frames, no audio track
+    sync = evaluate.evaluate_run(run_dir, evaluate.QualitySettings(min_frames=8))["syncnet"]
+    assert sync["lse_c"] is None and sync["why"].startswith("no audio to score against in output.mp4: has no audio")

@@ -110,9 +110,14 @@ def _syncnet(run_dir: Path, record: dict, settings: QualitySettings) -> dict:
         out["why"] = (f"every face track is shorter than min_frames={settings.min_frames} (longest "
                       f"{max(b - a for a, b in dropped)} frames; upstream drops tracks under 50)")
         return _done(out, t0)
+    from lipsync_lab.errors import LipsyncInputError
     from lipsync_lab.media.file import load_audio
 
-    audio = load_audio(str(video))
+    try:
+        audio = load_audio(str(video))
+    except LipsyncInputError as e:  # an output without (readable) speech has nothing to sync against
+        out["why"] = f"no audio to score against in {video.name}: {e.problem}"
+        return _done(out, t0)
     crops = _track_crops(video, boxes, kept, limit)
     for (start, stop), track in zip(kept, crops):
         sound = audio[start * SAMPLES_PER_FRAME: stop * SAMPLES_PER_FRAME]
