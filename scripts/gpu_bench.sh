@@ -16,6 +16,7 @@
 #   9    the seed's settings, eager, batch_frames=16
 #   10   model=latentsync_v15 vae=kl steps=2 batch_frames=16, eager fp16
 #   11   experiment=search, 4 eager trials of 48 frames (into <runs>_search/: its own table, trials.csv, pareto.csv)
+#   12   the seed's settings, eager, with an mp4 output and quality=syncnet (random SyncNet weights: the step's cost)
 # then prints one comparison table of the runs (baseline: compile=none). Runs go to results/gpu_bench/<time>/;
 # the table (comparison.md/.csv), the log and a tarball of the runs' timings also go to $OUT/gpu_bench/<time>/
 # when $OUT is set (the device tool's folder of files that come back).
@@ -85,8 +86,9 @@ torch {torch.__version__}, diffusers {diffusers.__version__}, hydra {hydra.__ver
 
   # the run settings: the seed's on the GPU; the CPU-sized model, 16 frames, 1 step in smoke mode
   local model=latentsync_v1 precision=fp16 steps=3 v15=latentsync_v15 v15_steps=2 v16=latentsync_v16 extra=()
+  local qextra=(quality.min_frames=50)
   if [ "$SMOKE" = 1 ]; then
-    model=tiny precision=fp32 steps=1 v15=tiny v15_steps=1 v16=tiny extra=(max_frames=16)
+    model=tiny precision=fp32 steps=1 v15=tiny v15_steps=1 v16=tiny extra=(max_frames=16) qextra=(quality.min_frames=8)
   fi
   local common=(device="$DEVICE" sink=none print_batches=false "${extra[@]}")
   local seed=(model=$model vae=tiny scheduler=dpmpp precision=$precision steps=$steps guidance_scale=1.5
@@ -155,7 +157,7 @@ for path in sys.argv[1:]:
     names+=("$name"); walls+=("$(secs "$t" "$(now)")"); states+=("$state")
     echo "=== $name: ${walls[-1]} s, ${states[-1]}"
   }
-  # the sweep and the single runs side by side in $RUNS, numbered 0-10: the table lists them in that order
+  # the sweep and the single runs side by side in $RUNS, numbered 0-12: the table lists them in that order
   step "0-2 seed_table (compile=none,unet,unet_vae)" -m lipsync_lab experiment=seed_table "${seed[@]}" "${common[@]}" \
     "hydra.sweep.dir=$RUNS" "hydra.sweep.subdir='\${hydra.job.num}_compile=\${hydra.runtime.choices.compile}'" \
     '~hydra.callbacks.compare'
@@ -182,6 +184,11 @@ for path in sys.argv[1:]:
   step "11 search, 4 trials, eager" -m lipsync_lab experiment=search device="$DEVICE" model=$model \
     precision=$precision max_frames=48 compile=none compile.mode=default hydra.sweeper.n_trials=4 \
     'hydra.sweeper.enqueue=[{compile:none}]' hydra.sweeper.sampler.population_size=2 "hydra.sweep.dir=${RUNS}_search"
+  # LatentSync's sync evaluation after the stream (issue #15): an mp4 output scored by SyncNet on random weights (no
+  # syncnet_v2.model on the server: the figures are labelled so; what counts is the step's cost, kept out of the
+  # stage timings, and that it runs there)
+  step "12 quality=syncnet, mp4 output" -m lipsync_lab "${seed[@]}" device="$DEVICE" print_batches=false "${extra[@]}" \
+    sink=mp4 quality=syncnet "${qextra[@]}" "hydra.run.dir=$RUNS/12_quality_syncnet"
 
   # 4. One table of the runs
   echo
