@@ -129,7 +129,7 @@ def test_run_with_quality_syncnet_writes_labelled_random_weight_fields(tmp_path)
     # the timed stream knows nothing of it: no quality rows among the stage timings
     import pandas as pd
 
-    assert set(pd.read_parquet(tmp_path / "timings.parquet")["stage"]) .isdisjoint({"quality", "syncnet"})
+    assert set(pd.read_parquet(tmp_path / "timings.parquet")["stage"]).isdisjoint({"quality", "syncnet"})
 
 
 def test_too_short_tracks_say_why(tmp_path):
@@ -186,6 +186,8 @@ def test_quality_command_over_existing_runs(tmp_path):
     bad = _truncated_syncnet(tmp_path)
     out = subprocess.run([*cmd, "--syncnet", str(bad)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and str(bad) in out.stderr
+    out = subprocess.run([*cmd[:-1], "3"], capture_output=True, text=True, cwd=ROOT, timeout=300)  # the run's range
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == ["error: --min-frames 3: expects an integer ≥ 6"]
 
 
 def test_s3fd_faces_path_with_a_detector_that_finds_the_runs_boxes(tmp_path, monkeypatch):

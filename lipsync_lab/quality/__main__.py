@@ -15,6 +15,7 @@ import sys
 from lipsync_lab.errors import LipsyncInputError, one_line
 from lipsync_lab.quality.evaluate import QualitySettings, evaluate_run, format_quality
 from lipsync_lab.quality.syncnet import check_file
+from lipsync_lab.schema import SCHEMA
 
 
 def attach(run_dir, quality: dict) -> None:
@@ -42,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     from lipsync_lab.results import run_index
 
     try:
-        if args.min_frames < 6:
-            raise LipsyncInputError("--min-frames", f"must be at least 6 (one 5-frame window), got {args.min_frames}")
+        for key, value in (("min_frames", args.min_frames), ("max_frames", args.max_frames)):  # the run's ranges
+            problem = SCHEMA[f"quality.{key}"].problem(value)
+            if problem:
+                raise LipsyncInputError(f"--{key.replace('_', '-')} {value}", problem)
         check_file(args.syncnet, "SyncNet weights")
         check_file(args.s3fd, "S3FD weights")
         settings = QualitySettings(syncnet=args.syncnet, s3fd=args.s3fd, min_frames=args.min_frames,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lipsync_lab.errors import LipsyncInputError
 from lipsync_lab.media.source import SAMPLES_PER_FRAME
 from lipsync_lab.quality import faces
 from lipsync_lab.quality.reconstruction import reconstruction, self_driven
@@ -44,7 +45,8 @@ class QualitySettings:
     @classmethod
     def from_config(cls, node, device: str = "cpu") -> QualitySettings:
         keys = cls.__dataclass_fields__
-        return cls(**{k: node[k] for k in keys if k in node and k not in ("device", "net", "detector")}, device=str(device))
+        given = {k: node[k] for k in keys if k in node and k not in ("device", "net", "detector")}
+        return cls(**given, device=str(device))
 
 
 def evaluate_run(run_dir: str | Path, settings: QualitySettings, record: dict | None = None) -> dict:
@@ -61,7 +63,7 @@ def evaluate_run(run_dir: str | Path, settings: QualitySettings, record: dict | 
 
 
 def _reconstruction(run_dir: Path, config: dict) -> dict:
-    from lipsync_lab.compare import load_crops
+    from lipsync_lab.compare import load_crops, random_weights
 
     why = self_driven(config)
     if why:
@@ -69,8 +71,6 @@ def _reconstruction(run_dir: Path, config: dict) -> dict:
     crops = load_crops(run_dir)
     if crops is None or "originals" not in crops:
         return dict(why="no crops.npz with the original crops (save_crops=0, or an older run)")
-    from lipsync_lab.compare import random_weights
-
     # a random-weight UNet's mouth says how far the computation moved it, not how well it reconstructs
     return dict(reconstruction(crops["crops"], crops["originals"], crops["regenerated"]),
                 random_weights=random_weights(config))
@@ -110,7 +110,6 @@ def _syncnet(run_dir: Path, record: dict, settings: QualitySettings) -> dict:
         out["why"] = (f"every face track is shorter than min_frames={settings.min_frames} (longest "
                       f"{max(b - a for a, b in dropped)} frames; upstream drops tracks under 50)")
         return _done(out, t0)
-    from lipsync_lab.errors import LipsyncInputError
     from lipsync_lab.media.file import load_audio
 
     try:
@@ -206,8 +205,8 @@ def _crop_agreement(run: tuple | None, detected: tuple) -> dict:
     if run is None or not len(run[0]) or not len(detected[0]):
         return dict(frames=0, mean_iou=None, min_iou=None)
     common, ia, ib = np.intersect1d(run[0], detected[0], return_indices=True)
-    ious = [faces.window_iou(faces.crop_window(*faces.smooth(run[1][[a]])[0]),
-                             faces.crop_window(*faces.smooth(detected[1][[b]])[0])) for a, b in zip(ia, ib)]
+    mine, theirs = faces.geometry(run[1][ia]), faces.geometry(detected[1][ib])  # each frame's own box, unfiltered
+    ious = [faces.window_iou(faces.crop_window(*a), faces.crop_window(*b)) for a, b in zip(mine, theirs)]
     return dict(frames=int(len(common)), mean_iou=float(np.mean(ious)) if ious else None,
                 min_iou=float(np.min(ious)) if ious else None)
 

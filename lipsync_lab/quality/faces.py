@@ -16,6 +16,8 @@ average under 100 px — not applied here: the run chose its face already).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 from scipy.signal import medfilt
@@ -50,8 +52,6 @@ class BoxRecorder:
             self.boxes.append(np.asarray(boxes, np.float32))
 
     def save(self, run_dir) -> None:
-        from pathlib import Path
-
         if self.frames:
             np.savez_compressed(Path(run_dir) / BOXES_FILE, frames=np.concatenate(self.frames),
                                 boxes=np.concatenate(self.boxes))
@@ -68,11 +68,16 @@ def tracks(frames: np.ndarray, min_frames: int, starts=()) -> tuple[list[tuple[i
     return [s for s in spans if s[1] - s[0] >= min_frames], [s for s in spans if s[1] - s[0] < min_frames]
 
 
-def smooth(boxes: np.ndarray) -> np.ndarray:
-    """(n, 4) boxes of one track → (n, 3) centre x, centre y, half-size (max side / 2), each median-filtered."""
+def geometry(boxes: np.ndarray) -> np.ndarray:
+    """(n, 4) x1 y1 x2 y2 boxes → (n, 3) centre x, centre y, half-size (max side / 2): what upstream crops by."""
     boxes = np.asarray(boxes, np.float64)
     half = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 2
-    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2, half], axis=1)
+
+
+def smooth(boxes: np.ndarray) -> np.ndarray:
+    """(n, 4) boxes of one track → its `geometry`, each of the three median-filtered along the track."""
+    cx, cy, half = geometry(boxes).T
     kernel = min(SMOOTH_KERNEL, len(boxes) - (1 - len(boxes) % 2))  # medfilt needs an odd kernel ≤ the length
     if kernel >= 3:
         half, cx, cy = (medfilt(v, kernel) for v in (half, cx, cy))
